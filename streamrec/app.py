@@ -1,0 +1,141 @@
+"""The Faust app: thin glue from the events topic to :func:`pipeline.process_batch`.
+
+Per batch (``take_events``: ``batch_size`` events or ``linger_ms``, whichever first):
+records -> process_batch -> session-table writes (RocksDB + changelog), recommendations,
+dead letters -> wait until Kafka has them -> Faust acks the batch. Offsets are committed
+only after the producer is flushed (Faust does that on commit), so delivery is
+at-least-once and the state's own bookkeeping makes a redelivered event harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+from faust.streams import _current_event  # see _acting_for
+from faust.types import EventT
+
+from .pipeline import Record, process_batch
+from .ranking import Ranker
+from .topology import Topology
+
+log = logging.getLogger("streamrec.worker")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    topology: Topology
+    bootstrap: str
+    model_path: Path
+    data_dir: Path
+
+
+@contextmanager
+def _acting_for(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event while touching the table.
+
+    A Faust table reads and writes the RocksDB partition (and changelog partition) of the
+    *current event*. Inside a ``take_events`` batch that would be the batch's last
+    event, whatever partition the user belongs to; setting it per record keeps every
+    user's state in its own partition, so it follows the partition on rebalance.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def create_app(settings: WorkerSettings) -> faust.App:
+    topo = settings.topology
+    spec = topo.worker
+    app = faust.App(
+        topo.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store="rocksdb://",  # rocksdict is installed, so Faust uses it
+        datadir=str(settings.data_dir),
+        topic_partitions=topo.events.partitions,
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        stream_buffer_maxsize=max(4096, spec.batch_size * 4),
+        web_enabled=False,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+           "value_serializer": "raw"}
+    events = app.topic(topo.events.name, partitions=topo.events.partitions, **raw)
+    sessions = app.Table(
+        topo.sessions_table,
+        partitions=topo.events.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        extra_topic_configs=topo.sessions_config,
+    )
+    # Tables take their codec from key/value *types* (json for non-models); our state is
+    # already orjson bytes, so store and changelog them as they are.
+    sessions.key_serializer = sessions.value_serializer = "raw"
+    ranker = Ranker.from_path(settings.model_path, top_k=spec.top_k)
+    log.info("ranking with model %s from %s", ranker.version, settings.model_path)
+
+    def load_state(user_id: str, rec: Record) -> bytes | None:
+        with _acting_for(rec.source):
+            return sessions.get(user_id.encode())
+
+    @app.agent(events, concurrency=1)
+    async def recommend(stream: faust.StreamT) -> None:
+        producer = app.producer
+        async for batch in stream.take_events(spec.batch_size, within=spec.linger_ms / 1000):
+            records = [
+                Record(
+                    key=ev.message.key,
+                    value=ev.message.value,
+                    topic=ev.message.topic,
+                    partition=ev.message.partition,
+                    offset=ev.message.offset,
+                    timestamp=int(ev.message.timestamp * 1000) if ev.message.timestamp else None,
+                    source=ev,
+                )
+                for ev in batch
+            ]
+            result = process_batch(records, load_state, ranker, spec)
+            for user, (value, rec) in result.state_writes.items():
+                with _acting_for(rec.source):
+                    sessions[user.encode()] = value
+            pending = []
+            for key, value in result.recommendations:
+                pending.append(
+                    await producer.send(topo.recommendations.name, key, value, None, None, None)
+                )
+            for key, value in result.dead_letters:
+                pending.append(
+                    await producer.send(topo.dead_letter.name, key, value, None, None, None)
+                )
+            for key, value in result.rekeyed:
+                pending.append(await producer.send(topo.events.name, key, value, None, None, None))
+            await asyncio.gather(*pending)
+            if result.invalid or result.redelivered or result.rekeyed:
+                log.info(
+                    "batch of %d: %d answered, %d dead-lettered, %d redelivered, %d re-keyed",
+                    len(records), result.answered, result.invalid, result.redelivered,
+                    len(result.rekeyed),
+                )
+
+    return app
+
+
+def run_worker(settings: WorkerSettings, loglevel: str = "info") -> None:
+    """Run the Faust worker in the foreground (SIGTERM/Ctrl-C stop it cleanly)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app = create_app(settings)
+    sys.argv = [sys.argv[0], "worker", "--without-web", "--loglevel", loglevel]
+    app.main()

@@ -1,0 +1,252 @@
+"""Item-to-item co-occurrence recommender with a popularity fallback.
+
+Trained from an event log: two items co-occur when one user touched both within
+``window`` steps of each other; forward pairs (b after a) count fully, backward pairs
+half, both decaying with distance. Scores are normalised by ``pop(b) ** alpha`` so the
+list is not just the bestsellers. Each item keeps its ``neighbours`` strongest partners.
+
+It is the ranking until a sequential model is deployed, the cold-start fallback after,
+and a baseline in every evaluation. Saved as ``.npz`` (no pickle) + JSON metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# How much an event type says about interest (used for training weights and recency).
+TYPE_WEIGHT = {
+    "view": 1.0,
+    "click": 1.0,
+    "rating": 1.0,
+    "add_to_cart": 2.0,
+    "purchase": 3.0,
+    "search": 0.0,
+}
+PAST_TENSE = {
+    "view": "viewed",
+    "click": "clicked",
+    "rating": "rated",
+    "add_to_cart": "added to your cart",
+    "purchase": "bought",
+}
+FORMAT = "streamrec.cooccurrence/1"
+
+
+@dataclass
+class Recommendation:
+    item_id: str
+    score: float
+    reasons: list[str]
+
+
+class CooccurrenceModel:
+    """Neighbour lists per item plus global popularity; ``recommend`` is pure Python
+    over at most ``history`` x ``neighbours`` entries, so its cost does not grow with
+    the catalog or the user's lifetime."""
+
+    def __init__(
+        self,
+        item_ids: Sequence[str],
+        nbr_idx: np.ndarray,
+        nbr_score: np.ndarray,
+        popularity: np.ndarray,
+        titles: dict[str, str] | None = None,
+        meta: dict | None = None,
+    ) -> None:
+        self.item_ids = list(item_ids)
+        self.index = {item: i for i, item in enumerate(self.item_ids)}
+        self.popularity = popularity.astype(np.float64)
+        self.titles = titles or {}
+        self.meta = meta or {}
+        # Python lists: faster than numpy indexing for the few entries touched per event.
+        self._nbrs: list[list[tuple[int, float]]] = [
+            [(int(j), float(s)) for j, s in zip(row_i, row_s, strict=True) if j >= 0]
+            for row_i, row_s in zip(nbr_idx, nbr_score, strict=True)
+        ]
+        self._nbr_idx = nbr_idx
+        self._nbr_score = nbr_score
+        self._popular = [int(i) for i in np.argsort(-self.popularity, kind="stable")[:1000]]
+        total = float(self.popularity.sum()) or 1.0
+        self._pop_share = self.popularity / total
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "cooccurrence"))
+
+    def title(self, item_id: str) -> str:
+        return self.titles.get(item_id, item_id)
+
+    # -- training -------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        events: Iterable[tuple[str, str, str, int]],
+        *,
+        window: int = 10,
+        neighbours: int = 50,
+        alpha: float = 0.5,
+        titles: dict[str, str] | None = None,
+        meta: dict | None = None,
+    ) -> CooccurrenceModel:
+        """``events``: (user_id, item_id, event_type, timestamp) in any order."""
+        rows = [(u, i, TYPE_WEIGHT.get(t, 1.0), ts) for u, i, t, ts in events if i is not None]
+        if not rows:
+            raise ValueError("no events with an item to train on")
+        rows.sort(key=lambda r: (r[0], r[3]))
+        item_ids = sorted({r[1] for r in rows})
+        index = {item: n for n, item in enumerate(item_ids)}
+        user_index: dict[str, int] = {}
+        users = np.array([user_index.setdefault(r[0], len(user_index)) for r in rows])
+        items = np.array([index[r[1]] for r in rows], dtype=np.int64)
+        weights = np.array([r[2] for r in rows], dtype=np.float64)
+        n = len(item_ids)
+        popularity = np.bincount(items, weights=weights, minlength=n)
+
+        keys, vals = [], []
+        for d in range(1, window + 1):
+            same = users[:-d] == users[d:]
+            a, b = items[:-d][same], items[d:][same]
+            w = (weights[:-d][same] * weights[d:][same]) / d
+            keep = a != b
+            a, b, w = a[keep], b[keep], w[keep]
+            keys += [a * n + b, b * n + a]
+            vals += [w, 0.5 * w]
+        key = np.concatenate(keys)
+        val = np.concatenate(vals)
+        uniq, inv = np.unique(key, return_inverse=True)
+        score = np.bincount(inv, weights=val)
+        src, dst = uniq // n, uniq % n
+        score = score / np.power(np.maximum(popularity[dst], 1.0), alpha)
+        order = np.lexsort((-score, src))
+        src, dst, score = src[order], dst[order], score[order]
+        starts = np.searchsorted(src, np.arange(n))
+        rank = np.arange(len(src)) - starts[src]
+        keep = rank < neighbours
+        nbr_idx = np.full((n, neighbours), -1, dtype=np.int32)
+        nbr_score = np.zeros((n, neighbours), dtype=np.float32)
+        nbr_idx[src[keep], rank[keep]] = dst[keep]
+        nbr_score[src[keep], rank[keep]] = score[keep]
+        meta = {
+            "format": FORMAT,
+            "window": window,
+            "neighbours": neighbours,
+            "alpha": alpha,
+            "n_items": n,
+            "n_events": len(rows),
+            "trained_at": int(time.time()),
+            **(meta or {}),
+        }
+        meta.setdefault("version", f"cooc-{meta['trained_at']}")
+        return cls(item_ids, nbr_idx, nbr_score, popularity, titles, meta)
+
+    # -- persistence ----------------------------------------------------------------
+    def save(self, out: str | Path) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            out / "cooccurrence.npz",
+            item_ids=np.array(self.item_ids, dtype=str),
+            nbr_idx=self._nbr_idx,
+            nbr_score=self._nbr_score,
+            popularity=self.popularity,
+        )
+        data = (out / "cooccurrence.npz").read_bytes()
+        meta = {**self.meta, "sha256": hashlib.sha256(data).hexdigest()}
+        (out / "titles.json").write_text(json.dumps(self.titles, ensure_ascii=False))
+        (out / "metadata.json").write_text(json.dumps(meta, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> CooccurrenceModel:
+        path = Path(path)
+        meta_path = path / "metadata.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{path} is not a co-occurrence model (no metadata.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        blob = (path / "cooccurrence.npz").read_bytes()
+        if meta.get("sha256") and hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+            raise ValueError(f"{path}/cooccurrence.npz does not match the hash in metadata.json")
+        with np.load(path / "cooccurrence.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        titles_path = path / "titles.json"
+        titles = json.loads(titles_path.read_text()) if titles_path.is_file() else {}
+        return cls(
+            [str(x) for x in arrays["item_ids"]],
+            arrays["nbr_idx"],
+            arrays["nbr_score"],
+            arrays["popularity"],
+            titles,
+            meta,
+        )
+
+    # -- serving --------------------------------------------------------------------
+    def recommend(
+        self,
+        history: Sequence[tuple[str, str]],
+        k: int = 10,
+        exclude: set[str] | None = None,
+        recent: int = 5,
+        decay: float = 0.7,
+    ) -> list[Recommendation]:
+        """Rank for a session. ``history``: (item_id, event_type), oldest first."""
+        exclude = exclude if exclude is not None else {h[0] for h in history}
+        scores: dict[int, float] = {}
+        because: dict[int, tuple[float, int]] = {}
+        weight = 1.0
+        used = 0
+        for pos in range(len(history) - 1, -1, -1):
+            item, etype = history[pos]
+            idx = self.index.get(item)
+            if idx is None:
+                continue
+            w = weight * TYPE_WEIGHT.get(etype, 1.0)
+            for j, s in self._nbrs[idx]:
+                c = w * s
+                scores[j] = scores.get(j, 0.0) + c
+                best = because.get(j)
+                if best is None or c > best[0]:
+                    because[j] = (c, pos)
+            weight *= decay
+            used += 1
+            if used >= recent:
+                break
+        ranked = heapq.nlargest(k + len(exclude), scores.items(), key=lambda kv: kv[1])
+        out: list[Recommendation] = []
+        for j, s in ranked:
+            item = self.item_ids[j]
+            if item in exclude:
+                continue
+            src_item, src_type = history[because[j][1]]
+            verb = PAST_TENSE.get(src_type, "interacted with")
+            reason = f'often together with "{self.title(src_item)}", which you {verb}'
+            out.append(Recommendation(item, round(s, 6), [reason]))
+            if len(out) == k:
+                return out
+        taken = {r.item_id for r in out}
+        for j in self._popular:
+            item = self.item_ids[j]
+            if item in exclude or item in taken:
+                continue
+            share = float(self._pop_share[j])
+            out.append(Recommendation(item, round(share, 6), ["one of the most popular items overall"]))
+            if len(out) == k:
+                break
+        return out
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,225 @@
+"""The embedded Kafka-protocol broker (demo, tests) and topic administration.
+
+Production runs any Apache Kafka >= 3 cluster (see deploy/); nothing outside this module
+knows which embedded broker we use. It is noida-db (design.md, "Broker": it passed the
+recovery, failover and no-gap tests that Tansu failed here). Switching means changing
+:func:`broker_command` and :data:`BROKER_NAME`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .config import client_config
+from .topology import TopicSpec, Topology
+
+BROKER_NAME = "noida-db 0.2.3"
+_ADDRESS_RE = re.compile(r"kafka\s+(\S+:\d+)")
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker did not start, or an admin call failed."""
+
+
+def _noida_binary() -> str:
+    exe = Path(sys.executable).parent / "noida-db"
+    found = str(exe) if exe.exists() else shutil.which("noida-db")
+    if not found:
+        raise BrokerError("noida-db is not installed: pip install noida-db==0.2.3")
+    return found
+
+
+def broker_command(port: int, data_dir: Path) -> list[str]:
+    return [
+        _noida_binary(),
+        "start",
+        "--only",
+        "kafka",
+        "--host",
+        "127.0.0.1",
+        "--kafka-port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
+
+
+class EmbeddedBroker:
+    """Start/stop the embedded broker as a child process; ``bootstrap`` once ready.
+
+    ``port=0`` picks a free port. ``data_dir=None`` uses a temporary directory that is
+    removed on stop; pass a directory to keep data and offsets across restarts.
+    """
+
+    def __init__(
+        self, port: int = 0, data_dir: str | Path | None = None, log: Path | None = None
+    ) -> None:
+        self.port = port
+        self._tmp = None if data_dir else tempfile.mkdtemp(prefix="streamrec-broker-")
+        self.data_dir = Path(data_dir or self._tmp)  # type: ignore[arg-type]
+        self.log_path = log
+        self.bootstrap: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._lines: list[str] = []
+
+    def start(self, timeout: float = 60.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            broker_command(self.port, self.data_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, we stop it in order
+        )
+        found = threading.Event()
+        threading.Thread(target=self._pump, args=(found,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                output = "".join(self._lines[-20:])
+                self.stop()
+                raise BrokerError(f"{BROKER_NAME} did not start:\n{output}")
+        wait_ready(self.bootstrap, timeout=max(1.0, deadline - time.monotonic()))
+        return self.bootstrap  # type: ignore[return-value]
+
+    def _pump(self, found: threading.Event) -> None:
+        """Read the broker's output: find its address, then keep the pipe drained."""
+        assert self.proc and self.proc.stdout
+        sink = self.log_path.open("a") if self.log_path else None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace")
+            if sink:
+                sink.write(line)
+                sink.flush()
+            if len(self._lines) < 200:
+                self._lines.append(line)
+            m = _ADDRESS_RE.search(line)
+            if m and not found.is_set():
+                self.bootstrap = m.group(1)
+                found.set()
+        if sink:
+            sink.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGINT lets the broker save its data; SIGKILL if it does not exit in time."""
+        proc, self.proc = self.proc, None
+        if proc and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def admin(bootstrap: str | None = None) -> AdminClient:
+    return AdminClient(client_config(bootstrap))
+
+
+def wait_ready(bootstrap: str | None, timeout: float = 30.0) -> None:
+    """Block until the cluster answers a metadata request."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    client = admin(bootstrap)
+    while time.monotonic() < deadline:
+        try:
+            md = client.list_topics(timeout=2)
+            if md.brokers:
+                return
+        except KafkaException as exc:
+            last = exc
+        time.sleep(0.1)
+    raise BrokerError(f"no Kafka broker answered at {bootstrap} within {timeout:.0f}s: {last}")
+
+
+def list_topics(bootstrap: str | None = None) -> dict[str, int]:
+    """Topic name -> partition count (internal topics excluded)."""
+    md = admin(bootstrap).list_topics(timeout=10)
+    return {name: len(t.partitions) for name, t in md.topics.items() if not name.startswith("__")}
+
+
+def create_topics(
+    specs: Iterable[TopicSpec], bootstrap: str | None = None, replication: int = 1
+) -> dict[str, str]:
+    """Create topics idempotently. Returns name -> "created" | "exists".
+
+    An existing topic with a different partition count is an error: keys would map to
+    other partitions and session state would no longer follow its users.
+    """
+    specs = list(specs)
+    client = admin(bootstrap)
+    existing = list_topics(bootstrap)
+    result: dict[str, str] = {}
+    todo = []
+    for spec in specs:
+        if spec.name in existing:
+            if existing[spec.name] != spec.partitions:
+                raise BrokerError(
+                    f"topic {spec.name} exists with {existing[spec.name]} partitions, "
+                    f"topology wants {spec.partitions}"
+                )
+            result[spec.name] = "exists"
+        else:
+            todo.append(
+                NewTopic(
+                    spec.name,
+                    num_partitions=spec.partitions,
+                    replication_factor=replication,
+                    config=dict(spec.config),
+                )
+            )
+    if todo:
+        for name, fut in client.create_topics(todo, request_timeout=30).items():
+            try:
+                fut.result()
+                result[name] = "created"
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" in str(exc):
+                    result[name] = "exists"
+                else:
+                    raise BrokerError(f"could not create topic {name}: {exc}") from exc
+    _wait_for_metadata([s.name for s in specs], bootstrap)
+    return result
+
+
+def _wait_for_metadata(names: list[str], bootstrap: str | None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if set(names) <= set(list_topics(bootstrap)):
+            return
+        time.sleep(0.1)
+    raise BrokerError(f"topics {names} not visible after {timeout}s")
+
+
+def create_topology_topics(topology: Topology, bootstrap: str | None = None) -> dict[str, str]:
+    return create_topics(topology.all_topics(), bootstrap)

@@ -1,0 +1,318 @@
+"""The ``streamrec`` command line (typer). Each command is a thin wrapper over a module."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import broker as broker_mod
+from .config import BOOTSTRAP_ENV, bootstrap_servers
+from .topology import Topology, TopologyError, load_topology
+
+app = typer.Typer(
+    help="Real-time recommendations on Kafka.", no_args_is_help=True, add_completion=False
+)
+topics_app = typer.Typer(help="Create or list the topology's topics.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+console = Console(stderr=True)
+
+Bootstrap = Annotated[
+    str | None,
+    typer.Option("--bootstrap", "-b", envvar=BOOTSTRAP_ENV,
+                 help="Kafka bootstrap servers (host:port,...).", show_default="127.0.0.1:9092"),
+]
+TopologyOpt = Annotated[
+    Path | None,
+    typer.Option("--topology", "-t", envvar="STREAMREC_TOPOLOGY",
+                 help="Topology YAML (default: the packaged topologies/default.yaml)."),
+]
+
+
+def _topology(path: Path | None) -> Topology:
+    try:
+        return load_topology(path)
+    except TopologyError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Kafka port; 0 picks a free one.")] = 9092,
+    data_dir: Annotated[Path, typer.Option(help="Where the broker keeps data and offsets.")]
+    = Path(".streamrec/broker"),
+) -> None:
+    """Run the embedded Kafka-protocol broker in the foreground (Ctrl-C stops it)."""
+    b = broker_mod.EmbeddedBroker(port=port, data_dir=data_dir)
+    try:
+        address = b.start()
+    except broker_mod.BrokerError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{broker_mod.BROKER_NAME} ready at [bold]{address}[/] (data in {data_dir})")
+    console.print(f"  export {BOOTSTRAP_ENV}={address}")
+    try:
+        while b.proc and b.proc.poll() is None:
+            time.sleep(0.5)
+        raise _fail("the broker exited")
+    except KeyboardInterrupt:
+        console.print("stopping broker")
+    finally:
+        b.stop()
+
+
+@topics_app.command("create")
+def topics_create(bootstrap: Bootstrap = None, topology: TopologyOpt = None) -> None:
+    """Create every topic of the topology (idempotent)."""
+    topo = _topology(topology)
+    try:
+        result = broker_mod.create_topology_topics(topo, bootstrap)
+    except (broker_mod.BrokerError, Exception) as exc:
+        raise _fail(str(exc)) from None
+    specs = {s.name: s for s in topo.all_topics()}
+    for name, status in result.items():
+        print(f"{status:8s} {name} ({specs[name].partitions} partitions)")
+
+
+@topics_app.command("list")
+def topics_list(bootstrap: Bootstrap = None, topology: TopologyOpt = None) -> None:
+    """List the topology's topics and whether they exist on the cluster."""
+    topo = _topology(topology)
+    try:
+        existing = broker_mod.list_topics(bootstrap)
+    except Exception as exc:
+        raise _fail(f"cannot reach {bootstrap_servers(bootstrap)}: {exc}") from None
+    for spec in topo.all_topics():
+        have = existing.get(spec.name)
+        state = "missing" if have is None else f"{have} partitions"
+        print(f"{spec.name:45s} want {spec.partitions:3d}  have {state}")
+
+
+@app.command()
+def worker(
+    model: Annotated[Path, typer.Option(envvar="STREAMREC_MODEL",
+                                        help="Model directory (train-baseline output).")],
+    data_dir: Annotated[Path, typer.Option(envvar="STREAMREC_DATA_DIR",
+                                           help="Local RocksDB state directory.")]
+    = Path(".streamrec/worker"),
+    bootstrap: Bootstrap = None,
+    topology: TopologyOpt = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run a streamrec worker (a Faust worker): events in, recommendations out."""
+    from .app import WorkerSettings, run_worker
+
+    topo = _topology(topology)
+    if not (model / "metadata.json").is_file():
+        raise _fail(f"{model} is not a model directory; build one with `streamrec train-baseline`")
+    run_worker(WorkerSettings(topo, bootstrap_servers(bootstrap), model, data_dir), loglevel)
+
+
+@app.command()
+def produce(
+    user: Annotated[str | None, typer.Option(help="user_id (flag mode)")] = None,
+    item: Annotated[str | None, typer.Option(help="item_id (flag mode)")] = None,
+    event_type: Annotated[str, typer.Option("--type", help="view|click|add_to_cart|purchase|"
+                                            "rating|search")] = "view",
+    value: Annotated[float | None, typer.Option(help="rating or price")] = None,
+    query: Annotated[str | None, typer.Option(help="search query")] = None,
+    validate: Annotated[bool, typer.Option(help="Reject invalid events locally.")] = True,
+    bootstrap: Bootstrap = None,
+    topology: TopologyOpt = None,
+) -> None:
+    """Send events: one from flags (--user/--item/--type), or JSON lines on stdin.
+
+    Missing event_id and timestamp are filled in (a fresh id, now)."""
+    from .replay import produce as produce_events
+
+    topo = _topology(topology)
+    if user is not None:
+        doc = {"user_id": user, "event_type": event_type}
+        for k, v in (("item_id", item), ("value", value), ("query", query)):
+            if v is not None:
+                doc[k] = v
+        lines = [json.dumps(doc).encode()]
+    else:
+        if sys.stdin.isatty():
+            console.print("reading JSON lines from stdin (Ctrl-D ends)")
+        lines = (line for line in sys.stdin.buffer)
+    summary = produce_events(lines, topo.events.name, bootstrap=bootstrap, validate=validate)
+    print(json.dumps(summary.to_dict()))
+    if summary.failed or (summary.rejected_locally and not summary.sent):
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    log: Annotated[Path, typer.Argument(help="Event log: JSON lines, optionally .gz")],
+    rate: Annotated[float | None, typer.Option(help="Events per second.")] = None,
+    speed: Annotated[float | None, typer.Option(
+        help="Replay at X times the log's own clock (its timestamps).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Send at most N lines.")] = None,
+    validate: Annotated[bool, typer.Option(
+        help="Reject invalid lines locally instead of sending them to the worker.")] = False,
+    bootstrap: Bootstrap = None,
+    topology: TopologyOpt = None,
+) -> None:
+    """Replay a recorded event log into the events topic, as fast as possible by default."""
+    from .replay import replay as run_replay
+    from .replay import total_lines
+
+    topo = _topology(topology)
+    if not log.is_file():
+        raise _fail(f"no such log: {log}")
+    total = total_lines(log, limit)
+    with _progress() as progress:
+        task = progress.add_task(f"replaying {log.name}", total=total)
+        try:
+            summary = run_replay(
+                log, topo.events.name, bootstrap=bootstrap, rate=rate, speed=speed,
+                validate=validate, limit=limit,
+                progress=lambda n: progress.update(task, completed=n),
+            )
+        except ValueError as exc:
+            raise _fail(str(exc), 2) from None
+        progress.update(task, completed=total)
+    for e in summary.errors[:10]:
+        console.print(f"[yellow]{e}[/]")
+    print(json.dumps(summary.to_dict()))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+@app.command()
+def subscribe(
+    user: Annotated[str | None, typer.Option(help="Only this user's recommendations.")] = None,
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Exit after N messages.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON lines.")] = False,
+    idle_timeout: Annotated[float | None, typer.Option(
+        help="Exit after this many seconds without a message.")] = None,
+    dead_letters: Annotated[bool, typer.Option(
+        help="Read the dead-letter topic instead.")] = False,
+    bootstrap: Bootstrap = None,
+    topology: TopologyOpt = None,
+) -> None:
+    """Print recommendations as they arrive."""
+    from .subscribe import consume, format_recommendation
+
+    topo = _topology(topology)
+    topic = topo.dead_letter.name if dead_letters else topo.recommendations.name
+    try:
+        for msg in consume(topic, bootstrap=bootstrap, from_beginning=from_beginning,
+                           key=user.encode() if user else None, limit=limit,
+                           idle_timeout=idle_timeout):
+            if as_json or dead_letters:
+                sys.stdout.write(msg.value.decode(errors="replace") + "\n")
+            else:
+                sys.stdout.write(format_recommendation(msg.doc, msg.received_ms) + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("import")
+def import_cmd(
+    path: Annotated[Path, typer.Argument(help="Dataset folder or file (RecBole atomic files or "
+                                         "MovieLens u.data / ratings.dat / ratings.csv).")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+) -> None:
+    """Turn a dataset into events.jsonl (ordered by time), catalog.jsonl and kg.jsonl."""
+    from .datasets import import_dataset
+
+    if not path.exists():
+        raise _fail(f"no such path: {path}")
+    try:
+        s = import_dataset(path, out)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"{s.format}: {s.events:,} events, {s.users:,} users, {s.items:,} items, "
+        f"{s.catalog_items:,} catalog items, {s.kg_triples:,} knowledge-graph triples"
+    )
+    for p in (s.events_path, s.catalog_path, s.kg_path):
+        if p:
+            print(p)
+
+
+@app.command("fetch-movielens")
+def fetch_movielens(
+    cache: Annotated[Path, typer.Option(help="Where to keep it.")] = Path(".streamrec/data"),
+) -> None:
+    """Download MovieLens 100K (RecBole atomic files) from the recbole wheel on PyPI."""
+    from .datasets import fetch_ml100k
+
+    try:
+        print(fetch_ml100k(cache))
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("train-baseline")
+def train_baseline(
+    events: Annotated[Path, typer.Option(help="Training event log (JSONL[.gz]).")],
+    out: Annotated[Path, typer.Option(help="Model directory to write.")],
+    catalog: Annotated[Path | None, typer.Option(help="Catalog JSONL, for titles.")] = None,
+    window: Annotated[int, typer.Option(help="Co-occurrence window (events).")] = 10,
+    neighbours: Annotated[int, typer.Option(help="Neighbours kept per item.")] = 50,
+) -> None:
+    """Train the item-to-item co-occurrence + popularity recommender."""
+    from .baseline import CooccurrenceModel, file_sha256
+    from .datasets import read_jsonl, training_events
+
+    if not events.is_file():
+        raise _fail(f"no such log: {events}")
+    started = time.perf_counter()
+    titles = {}
+    if catalog:
+        titles = {row["item_id"]: row.get("title", row["item_id"]) for row in read_jsonl(catalog)}
+    model = CooccurrenceModel.fit(
+        training_events(events), window=window, neighbours=neighbours, titles=titles,
+        meta={"training_data": str(events), "training_sha256": file_sha256(events)},
+    )
+    model.save(out)
+    m = model.meta
+    console.print(
+        f"trained {m['version']} on {m['n_events']:,} events, {m['n_items']:,} items "
+        f"in {time.perf_counter() - started:.1f}s -> {out}"
+    )
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="How many of the latest events to stream.")]
+    = 20000,
+    rate: Annotated[float | None, typer.Option(help="Replay rate, events/s (default: max).")]
+    = None,
+    show: Annotated[float, typer.Option(help="Recommendations printed per second.")] = 2.0,
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps data and models.")]
+    = Path(".streamrec/demo"),
+) -> None:
+    """End to end on the embedded broker: MovieLens 100K in, recommendations out."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(workdir, stream_events=events, rate=rate, show_per_s=show))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

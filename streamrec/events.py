@@ -1,0 +1,172 @@
+"""Message shapes: decode + validate events, encode recommendations and dead letters.
+
+The JSON Schemas in ``schemas/`` are the contract; this module compiles them once
+(fastjsonschema) and is the only code that knows how messages look on the wire.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "search")
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """Return a schema from ``schemas/`` by short name (event, recommendation, ...)."""
+    text = resources.files("streamrec.schemas").joinpath(f"{name}.schema.json").read_text()
+    return json.loads(text)
+
+
+@cache
+def validator(name: str):
+    """A compiled validator for one schema; raises ``JsonSchemaException`` on bad input."""
+    return fastjsonschema.compile(load_schema(name))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated event. ``raw`` keeps the decoded dict for re-encoding and context."""
+
+    event_id: str
+    user_id: str
+    item_id: str | None
+    event_type: str
+    timestamp: int
+    value: float | None
+    raw: dict[str, Any]
+
+
+class Rejected(Exception):
+    """Why a message cannot be used; ``code`` is one of the dead-letter error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def decode_event(
+    data: bytes | None,
+    *,
+    max_bytes: int = 65536,
+    max_future_skew_ms: int | None = 86_400_000,
+    now_ms: int | None = None,
+) -> Event:
+    """Bytes from Kafka -> a validated :class:`Event`, or raise :class:`Rejected`.
+
+    Checks, cheapest first: size, UTF-8, JSON, schema, then timestamps too far in the
+    future (relative to ``now_ms``; the schema already bounds the absolute range).
+    """
+    if data is None:
+        raise Rejected("schema", "empty message (null value)")
+    if len(data) > max_bytes:
+        raise Rejected("oversized", f"message is {len(data)} bytes, limit is {max_bytes}")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected("not_utf8", f"not valid UTF-8: {exc}") from None
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected("not_json", f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Rejected("schema", f"event must be a JSON object, got {type(doc).__name__}")
+    try:
+        validator("event")(doc)
+    except fastjsonschema.JsonSchemaException as exc:
+        raise Rejected("schema", f"schema violation: {exc.message}") from None
+    ts = doc["timestamp"]
+    if max_future_skew_ms is not None:
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        if ts > now + max_future_skew_ms:
+            raise Rejected(
+                "timestamp",
+                f"timestamp {ts} is {(ts - now) / 3.6e6:.1f} h in the future "
+                f"(limit {max_future_skew_ms / 3.6e6:.1f} h)",
+            )
+    value = doc.get("value")
+    return Event(
+        event_id=doc["event_id"],
+        user_id=doc["user_id"],
+        item_id=doc.get("item_id"),
+        event_type=doc["event_type"],
+        timestamp=ts,
+        value=float(value) if value is not None else None,
+        raw=doc,
+    )
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """Validate and encode an event dict (used by producers); raises :class:`Rejected`."""
+    try:
+        validator("event")(event)
+    except fastjsonschema.JsonSchemaException as exc:
+        raise Rejected("schema", f"schema violation: {exc.message}") from None
+    return orjson.dumps(event)
+
+
+def encode_recommendation(
+    *,
+    user_id: str,
+    event_id: str,
+    items: list[dict[str, Any]],
+    model_version: str,
+    source_ts: int | None,
+    batch_size: int,
+    batch_ms: float,
+    produced_at: int | None = None,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "user_id": user_id,
+            "event_id": event_id,
+            "items": items,
+            "model_version": model_version,
+            "produced_at": produced_at if produced_at is not None else int(time.time() * 1000),
+            "timings": {"source_ts": source_ts, "batch_size": batch_size, "batch_ms": batch_ms},
+        }
+    )
+
+
+def encode_dead_letter(
+    *,
+    error: Rejected,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    max_payload: int = 65536,
+) -> bytes:
+    """A dead letter keeps the original bytes (base64) so nothing is lost.
+
+    Payloads over ``max_payload`` keep their first ``max_payload`` bytes plus size and
+    SHA-256; the full message still sits at topic/partition/offset.
+    """
+    value = value or b""
+    truncated = len(value) > max_payload
+    doc = {
+        "error": error.message,
+        "error_code": error.code,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key_b64": base64.b64encode(key).decode() if key is not None else None,
+        "value_b64": base64.b64encode(value[:max_payload]).decode(),
+        "original_size": len(value),
+        "truncated": truncated,
+        "sha256": hashlib.sha256(value).hexdigest(),
+        "received_at": int(time.time() * 1000),
+    }
+    return orjson.dumps(doc)

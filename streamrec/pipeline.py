@@ -1,0 +1,144 @@
+"""One batch of raw Kafka records -> state writes, recommendations and dead letters.
+
+This is the whole per-batch logic of the worker with no Kafka and no Faust in it, so it
+is tested directly. The Faust agent (app.py) only feeds it records and ships its output.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import Event, Rejected, decode_event, encode_dead_letter, encode_recommendation
+from .ranking import Ranker, RankRequest
+from .state import SessionState
+from .topology import WorkerSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed Kafka message."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None = None  # ms, the message's Kafka timestamp
+    source: Any = field(default=None, compare=False, repr=False)  # e.g. the Faust event
+
+
+@dataclass
+class BatchResult:
+    recommendations: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    # Valid events whose key is not their user_id: re-published keyed by user_id so each
+    # user's events and state live in one partition; they are answered when they return.
+    rekeyed: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # user_id -> (encoded state, the record that last changed it); one write per user.
+    state_writes: dict[str, tuple[bytes, Record]] = field(default_factory=dict)
+    valid: int = 0
+    invalid: int = 0
+    redelivered: int = 0
+
+    @property
+    def answered(self) -> int:
+        return len(self.recommendations)
+
+
+def _dead_letter(result: BatchResult, rec: Record, err: Rejected, spec: WorkerSpec) -> None:
+    result.invalid += 1
+    result.dead_letters.append(
+        (
+            rec.key,
+            encode_dead_letter(
+                error=err, topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                key=rec.key, value=rec.value, max_payload=spec.max_event_bytes,
+            ),
+        )
+    )
+
+
+def process_batch(
+    records: Sequence[Record],
+    load_state: Callable[[str, Record], bytes | None],
+    ranker: Ranker,
+    spec: WorkerSpec,
+    now_ms: int | None = None,
+) -> BatchResult:
+    """Decode, validate, update state, rank once, encode. Never raises for bad input."""
+    started = time.perf_counter()
+    result = BatchResult()
+    states: dict[str, SessionState] = {}
+    answered: list[tuple[Record, Event]] = []
+    requests: list[RankRequest] = []
+    for rec in records:
+        try:
+            event = decode_event(
+                rec.value,
+                max_bytes=spec.max_event_bytes,
+                max_future_skew_ms=spec.max_future_skew_ms,
+                now_ms=now_ms,
+            )
+        except Rejected as err:
+            _dead_letter(result, rec, err, spec)
+            continue
+        user_key = event.user_id.encode()
+        if rec.key != user_key:
+            result.rekeyed.append((user_key, rec.value))  # type: ignore[arg-type]
+            continue
+        result.valid += 1
+        state = states.get(event.user_id)
+        if state is None:
+            state = states[event.user_id] = SessionState.from_bytes(load_state(event.user_id, rec))
+        if state.apply(event, rec.partition, rec.offset, spec.session_length):
+            result.state_writes[event.user_id] = (b"", rec)
+        else:
+            result.redelivered += 1
+        # Rank on the state as of this event, not as of the end of the batch.
+        snapshot = SessionState(list(state.entries), state.n_events, state.partition,
+                                state.offset)
+        requests.append(RankRequest(event.user_id, snapshot))
+        answered.append((rec, event))
+
+    for user, (_, rec) in result.state_writes.items():
+        result.state_writes[user] = (states[user].to_bytes(), rec)
+
+    ranked = _rank_isolating_failures(ranker, requests)
+    batch_ms = round((time.perf_counter() - started) * 1000, 3)
+    for (rec, event), items in zip(answered, ranked, strict=True):
+        if isinstance(items, Rejected):
+            _dead_letter(result, rec, items, spec)
+            continue
+        result.recommendations.append(
+            (
+                event.user_id.encode(),
+                encode_recommendation(
+                    user_id=event.user_id, event_id=event.event_id, items=items,
+                    model_version=ranker.version, source_ts=rec.timestamp,
+                    batch_size=len(records), batch_ms=batch_ms,
+                ),
+            )
+        )
+    return result
+
+
+def _rank_isolating_failures(ranker: Ranker, requests: list[RankRequest]) -> list:
+    """One ranking call for the batch; if it fails, rank one by one so a single poisonous
+    request becomes one dead letter instead of losing the batch."""
+    try:
+        return ranker.rank_batch(requests)
+    except Exception:
+        log.exception("ranking failed for a batch of %d; retrying one by one", len(requests))
+    out: list = []
+    for req in requests:
+        try:
+            out.extend(ranker.rank_batch([req]))
+        except Exception as exc:
+            out.append(Rejected("internal", f"ranking failed: {type(exc).__name__}: {exc}"))
+    return out
