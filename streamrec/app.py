@@ -10,8 +10,10 @@ at-least-once and the state's own bookkeeping makes a redelivered event harmless
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import socket
 import sys
 import weakref
 from collections.abc import Iterator
@@ -36,6 +38,9 @@ class WorkerSettings:
     bootstrap: str
     model_path: Path
     data_dir: Path
+    # Static group membership (KIP-345): a worker restarted with the same id takes its
+    # old place in the group at once instead of waiting for the broker to expire it.
+    instance_id: str | None = None
 
 
 @contextmanager
@@ -65,13 +70,19 @@ def create_app(settings: WorkerSettings) -> faust.App:
         topic_partitions=topo.events.partitions,
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
+        broker_commit_interval=1.0,  # bounds how much a crash makes us redo
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         stream_buffer_maxsize=max(4096, spec.batch_size * 4),
         web_enabled=False,
+        consumer_group_instance_id=settings.instance_id,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-           "value_serializer": "raw"}
+    raw = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
     events = app.topic(topo.events.name, partitions=topo.events.partitions, **raw)
     sessions = app.Table(
         topo.sessions_table,
@@ -84,7 +95,12 @@ def create_app(settings: WorkerSettings) -> faust.App:
     # already orjson bytes, so store and changelog them as they are.
     sessions.key_serializer = sessions.value_serializer = "raw"
     ranker = Ranker.from_path(settings.model_path, top_k=spec.top_k)
-    log.info("ranking with model %s from %s", ranker.version, settings.model_path)
+    log.info(
+        "ranking with model %s from %s; group instance id %s",
+        ranker.version,
+        settings.model_path,
+        settings.instance_id,
+    )
 
     def load_state(user_id: str, rec: Record) -> bytes | None:
         with _acting_for(rec.source):
@@ -125,11 +141,20 @@ def create_app(settings: WorkerSettings) -> faust.App:
             if result.invalid or result.redelivered or result.rekeyed:
                 log.info(
                     "batch of %d: %d answered, %d dead-lettered, %d redelivered, %d re-keyed",
-                    len(records), result.answered, result.invalid, result.redelivered,
+                    len(records),
+                    result.answered,
+                    result.invalid,
+                    result.redelivered,
                     len(result.rekeyed),
                 )
 
     return app
+
+
+def default_instance_id(data_dir: Path) -> str:
+    """One worker per state directory, so host + directory identify it across restarts."""
+    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
+    return f"{socket.gethostname()}-{digest}"
 
 
 def run_worker(settings: WorkerSettings, loglevel: str = "info") -> None:

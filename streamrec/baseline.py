@@ -38,6 +38,7 @@ PAST_TENSE = {
     "purchase": "bought",
 }
 FORMAT = "streamrec.cooccurrence/1"
+POPULAR_REASON = "one of the most popular items overall"
 
 
 @dataclass
@@ -238,7 +239,7 @@ class CooccurrenceModel:
             if item in exclude or item in taken:
                 continue
             share = float(self._pop_share[j])
-            out.append(Recommendation(item, round(share, 6), ["one of the most popular items overall"]))
+            out.append(Recommendation(item, round(share, 6), [POPULAR_REASON]))
             if len(out) == k:
                 break
         return out

@@ -21,17 +21,26 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="Create or list the topology's topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 Bootstrap = Annotated[
     str | None,
-    typer.Option("--bootstrap", "-b", envvar=BOOTSTRAP_ENV,
-                 help="Kafka bootstrap servers (host:port,...).", show_default="127.0.0.1:9092"),
+    typer.Option(
+        "--bootstrap",
+        "-b",
+        envvar=BOOTSTRAP_ENV,
+        help="Kafka bootstrap servers (host:port,...).",
+        show_default="127.0.0.1:9092",
+    ),
 ]
 TopologyOpt = Annotated[
     Path | None,
-    typer.Option("--topology", "-t", envvar="STREAMREC_TOPOLOGY",
-                 help="Topology YAML (default: the packaged topologies/default.yaml)."),
+    typer.Option(
+        "--topology",
+        "-t",
+        envvar="STREAMREC_TOPOLOGY",
+        help="Topology YAML (default: the packaged topologies/default.yaml).",
+    ),
 ]
 
 
@@ -51,8 +60,9 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 @app.command()
 def broker(
     port: Annotated[int, typer.Option(help="Kafka port; 0 picks a free one.")] = 9092,
-    data_dir: Annotated[Path, typer.Option(help="Where the broker keeps data and offsets.")]
-    = Path(".streamrec/broker"),
+    data_dir: Annotated[Path, typer.Option(help="Where the broker keeps data and offsets.")] = Path(
+        ".streamrec/broker"
+    ),
 ) -> None:
     """Run the embedded Kafka-protocol broker in the foreground (Ctrl-C stops it)."""
     b = broker_mod.EmbeddedBroker(port=port, data_dir=data_dir)
@@ -101,30 +111,50 @@ def topics_list(bootstrap: Bootstrap = None, topology: TopologyOpt = None) -> No
 
 @app.command()
 def worker(
-    model: Annotated[Path, typer.Option(envvar="STREAMREC_MODEL",
-                                        help="Model directory (train-baseline output).")],
-    data_dir: Annotated[Path, typer.Option(envvar="STREAMREC_DATA_DIR",
-                                           help="Local RocksDB state directory.")]
-    = Path(".streamrec/worker"),
+    model: Annotated[
+        Path,
+        typer.Option(envvar="STREAMREC_MODEL", help="Model directory (train-baseline output)."),
+    ],
+    data_dir: Annotated[
+        Path, typer.Option(envvar="STREAMREC_DATA_DIR", help="Local RocksDB state directory.")
+    ] = Path(".streamrec/worker"),
     bootstrap: Bootstrap = None,
     topology: TopologyOpt = None,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STREAMREC_INSTANCE_ID",
+            help="Static group member id; default: hostname + data dir. Keep it stable across "
+            "restarts (e.g. the pod name) so a restarted worker rejoins at once.",
+        ),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run a streamrec worker (a Faust worker): events in, recommendations out."""
-    from .app import WorkerSettings, run_worker
+    from .app import WorkerSettings, default_instance_id, run_worker
 
     topo = _topology(topology)
     if not (model / "metadata.json").is_file():
         raise _fail(f"{model} is not a model directory; build one with `streamrec train-baseline`")
-    run_worker(WorkerSettings(topo, bootstrap_servers(bootstrap), model, data_dir), loglevel)
+    run_worker(
+        WorkerSettings(
+            topo,
+            bootstrap_servers(bootstrap),
+            model,
+            data_dir,
+            instance_id or default_instance_id(data_dir),
+        ),
+        loglevel,
+    )
 
 
 @app.command()
 def produce(
     user: Annotated[str | None, typer.Option(help="user_id (flag mode)")] = None,
     item: Annotated[str | None, typer.Option(help="item_id (flag mode)")] = None,
-    event_type: Annotated[str, typer.Option("--type", help="view|click|add_to_cart|purchase|"
-                                            "rating|search")] = "view",
+    event_type: Annotated[
+        str, typer.Option("--type", help="view|click|add_to_cart|purchase|rating|search")
+    ] = "view",
     value: Annotated[float | None, typer.Option(help="rating or price")] = None,
     query: Annotated[str | None, typer.Option(help="search query")] = None,
     validate: Annotated[bool, typer.Option(help="Reject invalid events locally.")] = True,
@@ -157,11 +187,14 @@ def produce(
 def replay(
     log: Annotated[Path, typer.Argument(help="Event log: JSON lines, optionally .gz")],
     rate: Annotated[float | None, typer.Option(help="Events per second.")] = None,
-    speed: Annotated[float | None, typer.Option(
-        help="Replay at X times the log's own clock (its timestamps).")] = None,
+    speed: Annotated[
+        float | None, typer.Option(help="Replay at X times the log's own clock (its timestamps).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Send at most N lines.")] = None,
-    validate: Annotated[bool, typer.Option(
-        help="Reject invalid lines locally instead of sending them to the worker.")] = False,
+    validate: Annotated[
+        bool,
+        typer.Option(help="Reject invalid lines locally instead of sending them to the worker."),
+    ] = False,
     bootstrap: Bootstrap = None,
     topology: TopologyOpt = None,
 ) -> None:
@@ -177,8 +210,13 @@ def replay(
         task = progress.add_task(f"replaying {log.name}", total=total)
         try:
             summary = run_replay(
-                log, topo.events.name, bootstrap=bootstrap, rate=rate, speed=speed,
-                validate=validate, limit=limit,
+                log,
+                topo.events.name,
+                bootstrap=bootstrap,
+                rate=rate,
+                speed=speed,
+                validate=validate,
+                limit=limit,
                 progress=lambda n: progress.update(task, completed=n),
             )
         except ValueError as exc:
@@ -192,8 +230,14 @@ def replay(
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 @app.command()
@@ -202,10 +246,10 @@ def subscribe(
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = False,
     limit: Annotated[int | None, typer.Option(help="Exit after N messages.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON lines.")] = False,
-    idle_timeout: Annotated[float | None, typer.Option(
-        help="Exit after this many seconds without a message.")] = None,
-    dead_letters: Annotated[bool, typer.Option(
-        help="Read the dead-letter topic instead.")] = False,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="Exit after this many seconds without a message.")
+    ] = None,
+    dead_letters: Annotated[bool, typer.Option(help="Read the dead-letter topic instead.")] = False,
     bootstrap: Bootstrap = None,
     topology: TopologyOpt = None,
 ) -> None:
@@ -215,9 +259,14 @@ def subscribe(
     topo = _topology(topology)
     topic = topo.dead_letter.name if dead_letters else topo.recommendations.name
     try:
-        for msg in consume(topic, bootstrap=bootstrap, from_beginning=from_beginning,
-                           key=user.encode() if user else None, limit=limit,
-                           idle_timeout=idle_timeout):
+        for msg in consume(
+            topic,
+            bootstrap=bootstrap,
+            from_beginning=from_beginning,
+            key=user.encode() if user else None,
+            limit=limit,
+            idle_timeout=idle_timeout,
+        ):
             if as_json or dead_letters:
                 sys.stdout.write(msg.value.decode(errors="replace") + "\n")
             else:
@@ -229,8 +278,13 @@ def subscribe(
 
 @app.command("import")
 def import_cmd(
-    path: Annotated[Path, typer.Argument(help="Dataset folder or file (RecBole atomic files or "
-                                         "MovieLens u.data / ratings.dat / ratings.csv).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset folder or file (RecBole atomic files or "
+            "MovieLens u.data / ratings.dat / ratings.csv)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Output folder.")],
 ) -> None:
     """Turn a dataset into events.jsonl (ordered by time), catalog.jsonl and kg.jsonl."""
@@ -283,7 +337,10 @@ def train_baseline(
     if catalog:
         titles = {row["item_id"]: row.get("title", row["item_id"]) for row in read_jsonl(catalog)}
     model = CooccurrenceModel.fit(
-        training_events(events), window=window, neighbours=neighbours, titles=titles,
+        training_events(events),
+        window=window,
+        neighbours=neighbours,
+        titles=titles,
         meta={"training_data": str(events), "training_sha256": file_sha256(events)},
     )
     model.save(out)
@@ -296,13 +353,14 @@ def train_baseline(
 
 @app.command()
 def demo(
-    events: Annotated[int, typer.Option(help="How many of the latest events to stream.")]
-    = 20000,
-    rate: Annotated[float | None, typer.Option(help="Replay rate, events/s (default: max).")]
-    = None,
+    events: Annotated[int, typer.Option(help="How many of the latest events to stream.")] = 20000,
+    rate: Annotated[
+        float | None, typer.Option(help="Replay rate, events/s (default: max).")
+    ] = None,
     show: Annotated[float, typer.Option(help="Recommendations printed per second.")] = 2.0,
-    workdir: Annotated[Path, typer.Option(help="Where the demo keeps data and models.")]
-    = Path(".streamrec/demo"),
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps data and models.")] = Path(
+        ".streamrec/demo"
+    ),
 ) -> None:
     """End to end on the embedded broker: MovieLens 100K in, recommendations out."""
     from .demo import run_demo

@@ -8,6 +8,7 @@ cluster, and any librdkafka property can be passed through the environment as
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -34,7 +35,11 @@ def client_config(bootstrap: str | None = None, **overrides: Any) -> dict[str, A
     """Base confluent-kafka config. Producers hash keys with murmur2 like the Java client
     and aiokafka (Faust) do, so a user's events and their session-state changelog land in
     the same partition whichever client wrote them."""
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers(bootstrap)}
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers(bootstrap),
+        # librdkafka's own log lines go through Python logging, not straight to stderr.
+        "logger": logging.getLogger("streamrec.kafka"),
+    }
     conf.update(passthrough_settings())
     conf.update(overrides)
     return conf

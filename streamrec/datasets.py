@@ -185,7 +185,7 @@ def _load_ml100k(src: Path) -> tuple[list, list, list, str]:
             if len(parts) < 5:
                 continue
             flags = parts[5:]
-            genres = [genres_names[n] for n, f in enumerate(flags) if f == "1" and n < len(genres_names)]
+            genres = [g for g, f in zip(genres_names, flags, strict=False) if f == "1"]
             m = _YEAR_RE.search(parts[1])
             year = m.group(1) if m else parts[2][-4:]
             title = _YEAR_RE.sub("", parts[1])
@@ -207,8 +207,9 @@ def _load_ml_dat(src: Path) -> tuple[list, list, list, str]:
             item, title, genres = line.split("::")
             m = _YEAR_RE.search(title)
             catalog.append(
-                _catalog_row(item, _YEAR_RE.sub("", title), m.group(1) if m else None,
-                             genres.split("|"))
+                _catalog_row(
+                    item, _YEAR_RE.sub("", title), m.group(1) if m else None, genres.split("|")
+                )
             )
     return events, catalog, [], "movielens-dat"
 
@@ -219,8 +220,9 @@ def _load_ml_csv(src: Path) -> tuple[list, list, list, str]:
     events = []
     with (src / "ratings.csv").open(encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            events.append(_rating_event(row["userId"], row["movieId"], row["rating"],
-                                        row["timestamp"]))
+            events.append(
+                _rating_event(row["userId"], row["movieId"], row["rating"], row["timestamp"])
+            )
     catalog = []
     movies = src / "movies.csv"
     if movies.exists():
@@ -228,8 +230,14 @@ def _load_ml_csv(src: Path) -> tuple[list, list, list, str]:
             for row in csv.DictReader(f):
                 m = _YEAR_RE.search(row["title"])
                 genres = [g for g in row["genres"].split("|") if g != "(no genres listed)"]
-                catalog.append(_catalog_row(row["movieId"], _YEAR_RE.sub("", row["title"]),
-                                            m.group(1) if m else None, genres))
+                catalog.append(
+                    _catalog_row(
+                        row["movieId"],
+                        _YEAR_RE.sub("", row["title"]),
+                        m.group(1) if m else None,
+                        genres,
+                    )
+                )
     return events, catalog, [], "movielens-csv"
 
 
@@ -303,8 +311,17 @@ def fetch_ml100k(cache_dir: str | Path) -> Path:
     wheel_dir.mkdir(parents=True, exist_ok=True)
     wheels = list(wheel_dir.glob("recbole-1.2.1-*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "-d", str(wheel_dir), RECBOLE_WHEEL]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            str(wheel_dir),
+            RECBOLE_WHEEL,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         wheels = list(wheel_dir.glob("recbole-1.2.1-*.whl"))
         if proc.returncode != 0 or not wheels:
@@ -351,12 +368,14 @@ def generate_log(
             elif k:
                 cur = rng.randrange(items)
             t += rng.randrange(1_000, 120_000)
-            events.append({
-                "event_id": f"g{seed}-{u}-{k}",
-                "user_id": f"u{u}",
-                "item_id": f"i{cur}",
-                "event_type": rng.choice(types),
-                "timestamp": t,
-            })
+            events.append(
+                {
+                    "event_id": f"g{seed}-{u}-{k}",
+                    "user_id": f"u{u}",
+                    "item_id": f"i{cur}",
+                    "event_type": rng.choice(types),
+                    "timestamp": t,
+                }
+            )
     events.sort(key=lambda e: (e["timestamp"], e["user_id"]))
     return events, catalog

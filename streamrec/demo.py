@@ -7,10 +7,7 @@ worker -> replay the newest events -> print recommendations as they arrive -> su
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,6 +18,7 @@ from rich.console import Console
 from .baseline import CooccurrenceModel
 from .broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
 from .datasets import fetch_ml100k, generate_log, import_dataset, read_jsonl, write_jsonl
+from .procs import start_worker, stop_process
 from .replay import replay
 from .subscribe import consume, format_recommendation
 from .topology import Topology, load_topology
@@ -33,8 +31,10 @@ def prepare_data(workdir: Path) -> tuple[Path, Path, str]:
     try:
         src = fetch_ml100k(workdir / "cache")
         summary = import_dataset(src, workdir / "ml-100k")
-        label = (f"MovieLens 100K (from the recbole wheel on PyPI): {summary.events:,} ratings, "
-                 f"{summary.users:,} users, {summary.items:,} movies")
+        label = (
+            f"MovieLens 100K (from the recbole wheel on PyPI): {summary.events:,} ratings, "
+            f"{summary.users:,} users, {summary.items:,} movies"
+        )
         return summary.events_path, summary.catalog_path, label
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         console.print(f"[yellow]MovieLens 100K unavailable ({exc}); using a generated log[/]")
@@ -43,8 +43,11 @@ def prepare_data(workdir: Path) -> tuple[Path, Path, str]:
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "events.jsonl", events)
         write_jsonl(out / "catalog.jsonl", catalog)
-        return out / "events.jsonl", out / "catalog.jsonl", (
-            f"a GENERATED log (planted sequences): {len(events):,} events")
+        return (
+            out / "events.jsonl",
+            out / "catalog.jsonl",
+            (f"a GENERATED log (planted sequences): {len(events):,} events"),
+        )
 
 
 def split_log(events_path: Path, workdir: Path, stream_events: int) -> tuple[Path, Path, int]:
@@ -71,8 +74,12 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         next_show = 0.0
-        for msg in consume(self.topo.recommendations.name, bootstrap=self.bootstrap,
-                           from_beginning=True, stop=self.stopping.is_set):
+        for msg in consume(
+            self.topo.recommendations.name,
+            bootstrap=self.bootstrap,
+            from_beginning=True,
+            stop=self.stopping.is_set,
+        ):
             self.count += 1
             produced = msg.doc.get("produced_at")
             self.first_ms = self.first_ms or produced
@@ -83,8 +90,9 @@ class Watcher(threading.Thread):
             now = time.monotonic()
             if self.show_per_s > 0 and now >= next_show:
                 next_show = now + 1 / self.show_per_s
-                console.print(format_recommendation(msg.doc, msg.received_ms), highlight=False,
-                              soft_wrap=True)
+                console.print(
+                    format_recommendation(msg.doc, msg.received_ms), highlight=False, soft_wrap=True
+                )
 
 
 def _percentile(values: list[int], q: float) -> float:
@@ -94,19 +102,14 @@ def _percentile(values: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def _stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def run_demo(workdir: Path, *, stream_events: int = 20000, rate: float | None = None,
-             show_per_s: float = 2.0, answer_timeout: float = 120.0) -> int:
+def run_demo(
+    workdir: Path,
+    *,
+    stream_events: int = 20000,
+    rate: float | None = None,
+    show_per_s: float = 2.0,
+    answer_timeout: float = 120.0,
+) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     topo = load_topology()
     broker: EmbeddedBroker | None = None
@@ -118,11 +121,17 @@ def run_demo(workdir: Path, *, stream_events: int = 20000, rate: float | None = 
         train, stream, n_stream = split_log(events_path, workdir, stream_events)
         titles = {r["item_id"]: r.get("title", r["item_id"]) for r in read_jsonl(catalog_path)}
         model = CooccurrenceModel.fit(
-            ((r["user_id"], r["item_id"], r["event_type"], r["timestamp"])
-             for r in read_jsonl(train)), titles=titles)
+            (
+                (r["user_id"], r["item_id"], r["event_type"], r["timestamp"])
+                for r in read_jsonl(train)
+            ),
+            titles=titles,
+        )
         model_dir = model.save(workdir / "models" / "baseline")
-        console.print(f"[bold]model:[/] co-occurrence {model.version} trained on "
-                      f"{model.meta['n_events']:,} older events, {model.meta['n_items']:,} items")
+        console.print(
+            f"[bold]model:[/] co-occurrence {model.version} trained on "
+            f"{model.meta['n_events']:,} older events, {model.meta['n_items']:,} items"
+        )
 
         broker = EmbeddedBroker(log=workdir / "broker.log")
         bootstrap = broker.start()
@@ -131,22 +140,23 @@ def run_demo(workdir: Path, *, stream_events: int = 20000, rate: float | None = 
             console.print(f"  topic {name}: {status}")
 
         state_dir = Path(tempfile.mkdtemp(prefix="streamrec-demo-state-", dir=workdir))
-        log = (workdir / "worker.log").open("w")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.cli", "worker", "--model", str(model_dir),
-             "--data-dir", str(state_dir), "--bootstrap", bootstrap],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        worker = start_worker(
+            model=model_dir, data_dir=state_dir, bootstrap=bootstrap, log=workdir / "worker.log"
         )
         console.print(f"[bold]worker:[/] pid {worker.pid}, log in {workdir / 'worker.log'}")
         watcher = Watcher(topo, bootstrap, show_per_s)
         watcher.start()
 
-        console.print(f"[bold]replay:[/] {n_stream:,} newest events "
-                      f"{'at %s/s' % rate if rate else 'as fast as possible'}")
+        console.print(
+            f"[bold]replay:[/] {n_stream:,} newest events "
+            f"{f'at {rate:g}/s' if rate else 'as fast as possible'}"
+        )
         started = time.monotonic()
         summary = replay(stream, topo.events.name, bootstrap=bootstrap, rate=rate)
-        console.print(f"  sent {summary.sent:,} in {summary.elapsed_s:.1f}s "
-                      f"({summary.rate:,.0f}/s), {summary.failed} failed")
+        console.print(
+            f"  sent {summary.sent:,} in {summary.elapsed_s:.1f}s "
+            f"({summary.rate:,.0f}/s), {summary.failed} failed"
+        )
 
         deadline = time.monotonic() + answer_timeout
         last_count = -1
@@ -163,14 +173,19 @@ def run_demo(workdir: Path, *, stream_events: int = 20000, rate: float | None = 
         console.rule("summary")
         console.print(f"events sent           {summary.sent:,}")
         console.print(f"recommendations       {watcher.count:,}")
-        console.print(f"first send -> last answer   {elapsed:.1f}s "
-                      f"({watcher.count / elapsed:,.0f} events/s end to end)")
+        console.print(
+            f"first send -> last answer   {elapsed:.1f}s "
+            f"({watcher.count / elapsed:,.0f} events/s end to end)"
+        )
         if worker_s > 0:
-            console.print(f"worker publish span   {worker_s:.1f}s "
-                          f"({watcher.count / worker_s:,.0f} events/s)")
-        console.print(f"latency event->recommendation p50 {_percentile(watcher.latencies, .5):.0f} "
-                      f"ms, p99 {_percentile(watcher.latencies, .99):.0f} ms "
-                      "(includes queueing behind the replay)")
+            console.print(
+                f"worker publish span   {worker_s:.1f}s ({watcher.count / worker_s:,.0f} events/s)"
+            )
+        console.print(
+            f"latency event->recommendation p50 {_percentile(watcher.latencies, 0.5):.0f} "
+            f"ms, p99 {_percentile(watcher.latencies, 0.99):.0f} ms "
+            "(includes queueing behind the replay)"
+        )
         if watcher.count < summary.delivered:
             console.print(f"[red]{summary.delivered - watcher.count} events were not answered[/]")
             return 1
@@ -182,6 +197,6 @@ def run_demo(workdir: Path, *, stream_events: int = 20000, rate: float | None = 
         if watcher:
             watcher.stopping.set()
             watcher.join(5)
-        _stop_process(worker)
+        stop_process(worker)
         if broker:
             broker.stop()

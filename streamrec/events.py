@@ -86,7 +86,7 @@ def decode_event(
         validator("event")(doc)
     except fastjsonschema.JsonSchemaException as exc:
         raise Rejected("schema", f"schema violation: {exc.message}") from None
-    ts = doc["timestamp"]
+    ts = int(doc["timestamp"])  # JSON Schema's "integer" admits 1.7e12 written as a float
     if max_future_skew_ms is not None:
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         if ts > now + max_future_skew_ms:

@@ -57,8 +57,13 @@ def _dead_letter(result: BatchResult, rec: Record, err: Rejected, spec: WorkerSp
         (
             rec.key,
             encode_dead_letter(
-                error=err, topic=rec.topic, partition=rec.partition, offset=rec.offset,
-                key=rec.key, value=rec.value, max_payload=spec.max_event_bytes,
+                error=err,
+                topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                key=rec.key,
+                value=rec.value,
+                max_payload=spec.max_event_bytes,
             ),
         )
     )
@@ -101,8 +106,7 @@ def process_batch(
         else:
             result.redelivered += 1
         # Rank on the state as of this event, not as of the end of the batch.
-        snapshot = SessionState(list(state.entries), state.n_events, state.partition,
-                                state.offset)
+        snapshot = SessionState(list(state.entries), state.n_events, state.partition, state.offset)
         requests.append(RankRequest(event.user_id, snapshot))
         answered.append((rec, event))
 
@@ -119,9 +123,13 @@ def process_batch(
             (
                 event.user_id.encode(),
                 encode_recommendation(
-                    user_id=event.user_id, event_id=event.event_id, items=items,
-                    model_version=ranker.version, source_ts=rec.timestamp,
-                    batch_size=len(records), batch_ms=batch_ms,
+                    user_id=event.user_id,
+                    event_id=event.event_id,
+                    items=items,
+                    model_version=ranker.version,
+                    source_ts=rec.timestamp,
+                    batch_size=len(records),
+                    batch_ms=batch_ms,
                 ),
             )
         )

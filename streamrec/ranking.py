@@ -43,8 +43,11 @@ class Ranker:
             recs = self.model.recommend(history, k=self.top_k, exclude=req.state.seen())
             items = []
             for r in recs:
-                item: dict[str, Any] = {"item_id": r.item_id, "score": r.score,
-                                        "reasons": r.reasons}
+                item: dict[str, Any] = {
+                    "item_id": r.item_id,
+                    "score": r.score,
+                    "reasons": r.reasons,
+                }
                 title = titles.get(r.item_id)
                 if title:
                     item["title"] = title

@@ -14,6 +14,7 @@ applied twice; the state after a crash equals the state of an uninterrupted run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -56,8 +57,9 @@ class SessionState:
         return True
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"e": self.entries, "n": self.n_events, "p": self.partition,
-                             "o": self.offset})
+        return orjson.dumps(
+            {"e": self.entries, "n": self.n_events, "p": self.partition, "o": self.offset}
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> SessionState:
@@ -69,3 +71,26 @@ class SessionState:
     def content(self) -> dict:
         """What a user's state means, without delivery bookkeeping (for comparisons)."""
         return {"entries": self.entries, "n_events": self.n_events}
+
+
+def read_table_files(data_dir: str | Path, table: str = "sessions") -> dict[str, SessionState]:
+    """Every user's state from a stopped worker's RocksDB files (read-only).
+
+    Faust keeps one RocksDB per table partition at ``<data_dir>/v1/tables/<table>-<p>.db``
+    next to the changelog offset it has applied (key ``__faust\\0offset__``), which is
+    skipped here.
+    """
+    from rocksdict import AccessType, Options, Rdict
+
+    states: dict[str, SessionState] = {}
+    paths = sorted(Path(data_dir).glob(f"v*/tables/{table}-*.db"))
+    for path in paths:
+        db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            for key, value in db.items():
+                if key.startswith(b"__faust"):
+                    continue
+                states[key.decode()] = SessionState.from_bytes(value)
+        finally:
+            db.close()
+    return states

@@ -73,8 +73,9 @@ def consume(
             except orjson.JSONDecodeError:
                 doc = {"_undecodable": value[:200].decode(errors="replace")}
             seen += 1
-            yield Received(msg.key(), value, doc, msg.partition(), msg.offset(),
-                           int(time.time() * 1000))
+            yield Received(
+                msg.key(), value, doc, msg.partition(), msg.offset(), int(time.time() * 1000)
+            )
     finally:
         consumer.close()
 
@@ -98,11 +99,14 @@ def format_recommendation(doc: dict[str, Any], now_ms: int | None = None) -> str
     src = timings.get("source_ts")
     if src and now_ms:
         latency = f" · {now_ms - src} ms after the event"
-    head = (f"user {doc.get('user_id')} · answers {doc.get('event_id')} · "
-            f"model {doc.get('model_version')}{latency}")
+    head = (
+        f"user {doc.get('user_id')} · answers {doc.get('event_id')} · "
+        f"model {doc.get('model_version')}{latency}"
+    )
     lines = [head]
     for n, item in enumerate(doc.get("items", []), start=1):
         name = item.get("title") or item.get("item_id")
         reasons = "; ".join(item.get("reasons", []))
-        lines.append(f"  {n:2d}. {name} [{item.get('item_id')}] {item.get('score'):.4g} — {reasons}")
+        score = item.get("score", 0.0)
+        lines.append(f"  {n:2d}. {name} [{item.get('item_id')}] {score:.4g} — {reasons}")
     return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""Shared fixtures: one embedded broker per test session, isolated topics per test."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streamrec.baseline import CooccurrenceModel
+from streamrec.broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
+from streamrec.datasets import generate_log
+from streamrec.topology import Topology, load_topology
+
+DATA = Path(__file__).parent / "data"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"broker for end-to-end tests: {BROKER_NAME} (embedded, started by the tests)"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Bootstrap address of a real Kafka-protocol broker for this test session."""
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    b = EmbeddedBroker(log=log)
+    b.start()
+    yield b.bootstrap
+    b.stop()
+
+
+@pytest.fixture
+def topology(broker: str, tmp_path: Path) -> tuple[Topology, Path]:
+    """A topology with unique topic names (created on the broker) and its YAML file."""
+    topo = load_topology().namespaced(uuid.uuid4().hex[:8])
+    create_topology_topics(topo, broker)
+    return topo, topo.dump(tmp_path / "topology.yaml")
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A co-occurrence model trained on a generated log with the replay log's catalog."""
+    events, catalog = generate_log(users=150, items=200, events_per_user=20, seed=3)
+    model = CooccurrenceModel.fit(
+        ((e["user_id"], e["item_id"], e["event_type"], e["timestamp"]) for e in events),
+        titles={c["item_id"]: c["title"] for c in catalog},
+    )
+    return model.save(tmp_path_factory.mktemp("model"))

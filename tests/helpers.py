@@ -1,0 +1,94 @@
+"""Helpers for the end-to-end tests: run a worker, collect what it published."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamrec.datasets import iter_lines
+from streamrec.events import Rejected, decode_event
+from streamrec.state import SessionState
+from streamrec.subscribe import consume
+from streamrec.topology import Topology
+
+REPLAY_LOG = Path(__file__).parent / "data" / "replay_small.jsonl"
+
+
+@dataclass
+class LogContents:
+    valid_ids: list[str] = field(default_factory=list)
+    invalid: list[bytes] = field(default_factory=list)
+
+
+def split_log(path: Path = REPLAY_LOG) -> LogContents:
+    out = LogContents()
+    for line in iter_lines(path):
+        try:
+            out.valid_ids.append(decode_event(line).event_id)
+        except Rejected:
+            out.invalid.append(line)
+    return out
+
+
+class Collector(threading.Thread):
+    """Reads a topic from the beginning in the background, keeping every message."""
+
+    def __init__(self, topic: str, bootstrap: str) -> None:
+        super().__init__(daemon=True)
+        self.topic, self.bootstrap = topic, bootstrap
+        self.docs: list[dict] = []
+        self._stop_flag = threading.Event()
+
+    def run(self) -> None:
+        for msg in consume(
+            self.topic, bootstrap=self.bootstrap, from_beginning=True, stop=self._stop_flag.is_set
+        ):
+            self.docs.append(msg.doc)
+
+    def wait_count(self, n: int, timeout: float) -> bool:
+        return wait_for(lambda: len(self.docs) >= n, timeout)
+
+    def wait_quiet(self, seconds: float, timeout: float) -> None:
+        """Wait until nothing new arrived for ``seconds`` (catch late duplicates)."""
+        deadline = time.monotonic() + timeout
+        last, since = len(self.docs), time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - since < seconds:
+            time.sleep(0.1)
+            if len(self.docs) != last:
+                last, since = len(self.docs), time.monotonic()
+
+    def close(self) -> list[dict]:
+        self._stop_flag.set()
+        self.join(10)
+        return self.docs
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def changelog_states(topo: Topology, bootstrap: str) -> dict[str, SessionState]:
+    """Each user's latest state as published to the sessions changelog topic."""
+    states: dict[str, SessionState] = {}
+    for msg in consume(
+        topo.sessions_changelog.name, bootstrap=bootstrap, from_beginning=True, idle_timeout=3.0
+    ):
+        states[msg.key.decode()] = SessionState.from_bytes(msg.value)
+    return states
+
+
+def answered_counts(recs: list[dict]) -> Counter:
+    return Counter(r["event_id"] for r in recs)
+
+
+def dead_letter_payloads(dead: list[dict]) -> list[bytes]:
+    return [base64.b64decode(d["value_b64"]) for d in dead]

@@ -1,0 +1,104 @@
+"""process_batch: the worker's whole per-batch logic, without Kafka."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamrec.events import validator
+from streamrec.pipeline import Record, process_batch
+from streamrec.ranking import Ranker
+from streamrec.replay import user_key
+from streamrec.state import SessionState
+from streamrec.topology import WorkerSpec
+
+SPEC = WorkerSpec(top_k=5, session_length=10)
+
+
+@pytest.fixture
+def ranker(small_model: Path) -> Ranker:
+    return Ranker.from_path(small_model, top_k=SPEC.top_k)
+
+
+def event(n: int, user: str = "u1", item: str = "i1", **extra) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"e{n}",
+            "user_id": user,
+            "item_id": item,
+            "event_type": "view",
+            "timestamp": 1_700_000_000_000 + n,
+            **extra,
+        }
+    )
+
+
+def records(values, keys=None, partition=0):
+    keys = keys or [user_key(v) for v in values]
+    return [
+        Record(k, v, "events", partition, n, 1000 + n)
+        for n, (k, v) in enumerate(zip(keys, values, strict=True))
+    ]
+
+
+def test_valid_events_answered_in_order_with_state(ranker: Ranker) -> None:
+    store: dict[str, bytes] = {}
+    batch = records([event(1, item="i1"), event(2, item="i2"), event(3, user="u2", item="i5")])
+    result = process_batch(batch, lambda u, r: store.get(u), ranker, SPEC)
+    assert result.valid == 3 and result.invalid == 0
+    docs = [orjson.loads(v) for _, v in result.recommendations]
+    assert [d["event_id"] for d in docs] == ["e1", "e2", "e3"]
+    for d in docs:
+        validator("recommendation")(d)
+        assert len(d["items"]) == 5 and d["timings"]["batch_size"] == 3
+    # Each answer reflects the state at its own event: the 2nd never recommends i1 or i2.
+    assert "i1" not in {i["item_id"] for i in docs[0]["items"]}
+    assert not {"i1", "i2"} & {i["item_id"] for i in docs[1]["items"]}
+    assert set(result.state_writes) == {"u1", "u2"}  # one write per user per batch
+    u1 = SessionState.from_bytes(result.state_writes["u1"][0])
+    assert u1.items == ["i1", "i2"] and result.state_writes["u1"][1].offset == 1
+
+
+def test_invalid_records_dead_lettered_valid_ones_unaffected(ranker: Ranker) -> None:
+    values = [b"\xff", event(1), b"{oops", event(2, event_type="nope"), event(3)]
+    result = process_batch(records(values), lambda u, r: None, ranker, SPEC)
+    assert result.valid == 2 and result.invalid == 3
+    assert [orjson.loads(v)["event_id"] for _, v in result.recommendations] == ["e1", "e3"]
+    dead = [orjson.loads(v) for _, v in result.dead_letters]
+    assert [d["error_code"] for d in dead] == ["not_utf8", "not_json", "schema"]
+    assert [d["offset"] for d in dead] == [0, 2, 3]
+
+
+def test_redelivered_events_answered_but_not_reapplied(ranker: Ranker) -> None:
+    store: dict[str, bytes] = {}
+    batch = records([event(1), event(2, item="i2")])
+    first = process_batch(batch, lambda u, r: store.get(u), ranker, SPEC)
+    store.update({u: v for u, (v, _) in first.state_writes.items()})
+    again = process_batch(batch, lambda u, r: store.get(u), ranker, SPEC)
+    assert again.redelivered == 2 and not again.state_writes
+    assert len(again.recommendations) == 2
+
+
+def test_wrong_key_is_rekeyed_not_answered(ranker: Ranker) -> None:
+    batch = records([event(1), event(2)], keys=[None, b"someone-else"])
+    result = process_batch(batch, lambda u, r: None, ranker, SPEC)
+    assert result.rekeyed == [(b"u1", event(1)), (b"u1", event(2))]
+    assert not result.recommendations and not result.state_writes
+
+
+class Exploding(Ranker):
+    def rank_batch(self, requests):
+        if any(r.user_id == "bad" for r in requests):
+            raise RuntimeError("boom")
+        return super().rank_batch(requests)
+
+
+def test_a_ranking_failure_costs_one_dead_letter_not_the_batch(ranker: Ranker) -> None:
+    boom = Exploding(ranker.model, top_k=3)
+    batch = records([event(1), event(2, user="bad"), event(3)])
+    result = process_batch(batch, lambda u, r: None, boom, SPEC)
+    assert [orjson.loads(v)["event_id"] for _, v in result.recommendations] == ["e1", "e3"]
+    (dead,) = [orjson.loads(v) for _, v in result.dead_letters]
+    assert dead["error_code"] == "internal" and "boom" in dead["error"]

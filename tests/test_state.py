@@ -1,0 +1,57 @@
+"""Session state: idempotent apply, bounded length, encoding, RocksDB files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rocksdict import Options, Rdict
+
+from streamrec.events import Event
+from streamrec.state import SessionState, read_table_files
+
+
+def ev(n: int, item: str | None = None, etype: str = "view") -> Event:
+    return Event(f"e{n}", "u1", item or f"i{n}", etype, 1_700_000_000_000 + n, None, {})
+
+
+def test_apply_appends_and_bounds_length() -> None:
+    s = SessionState()
+    for n in range(10):
+        assert s.apply(ev(n), partition=0, offset=n, max_len=4)
+    assert s.items == ["i6", "i7", "i8", "i9"]
+    assert s.n_events == 10 and (s.partition, s.offset) == (0, 9)
+
+
+def test_redelivered_event_is_not_applied_twice() -> None:
+    s = SessionState()
+    s.apply(ev(1), 0, 5, 50)
+    s.apply(ev(2), 0, 6, 50)
+    before = s.to_bytes()
+    assert not s.apply(ev(2), 0, 6, 50)  # same offset again (redelivery after a crash)
+    assert not s.apply(ev(1), 0, 5, 50)  # older offset
+    assert not s.apply(ev(2), 1, 99, 50)  # same event id from elsewhere (producer retry)
+    assert s.to_bytes() == before
+    assert s.apply(ev(3), 0, 7, 50)
+
+
+def test_roundtrip_and_seen() -> None:
+    s = SessionState()
+    s.apply(ev(1), 0, 1, 50)
+    s.apply(Event("e2", "u1", None, "search", 1, None, {"query": "q"}), 0, 2, 50)
+    back = SessionState.from_bytes(s.to_bytes())
+    assert back == s
+    assert back.seen() == {"i1"} and back.items == ["i1"]
+    assert SessionState.from_bytes(None) == SessionState()
+
+
+def test_read_table_files_reads_faust_layout(tmp_path: Path) -> None:
+    """Faust keeps <data_dir>/v1/tables/<table>-<partition>.db plus an offset key."""
+    s = SessionState()
+    s.apply(ev(1), 3, 1, 50)
+    path = tmp_path / "v1" / "tables" / "sessions-3.db"
+    path.parent.mkdir(parents=True)
+    db = Rdict(str(path), Options(raw_mode=True))
+    db[b"u1"] = s.to_bytes()
+    db[b"__faust\x00offset__"] = b"12"
+    db.close()
+    assert read_table_files(tmp_path) == {"u1": s}

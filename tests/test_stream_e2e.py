@@ -1,0 +1,261 @@
+"""End to end on the embedded broker (see the report header for which): a recorded log with
+invalid lines through a real worker process with RocksDB state; then the same log with
+the worker SIGKILLed mid-replay and restarted."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from streamrec.broker import BROKER_NAME, create_topology_topics
+from streamrec.config import producer_config
+from streamrec.events import validator
+from streamrec.procs import kill_process, start_worker, stop_process
+from streamrec.replay import replay
+from streamrec.state import SessionState, read_table_files
+from streamrec.topology import Topology, load_topology
+
+from .helpers import (
+    REPLAY_LOG,
+    Collector,
+    answered_counts,
+    changelog_states,
+    dead_letter_payloads,
+    split_log,
+)
+
+pytestmark = pytest.mark.broker
+ANSWER_TIMEOUT = 120.0
+
+
+@dataclass
+class Run:
+    topo: Topology
+    recs: list[dict]
+    dead: list[dict]
+    changelog: dict[str, SessionState]
+    rocksdb: dict[str, SessionState]
+    worker_log: Path
+
+
+def _fresh_topology(bootstrap: str, tmp: Path) -> tuple[Topology, Path]:
+    topo = load_topology().namespaced(uuid.uuid4().hex[:8])
+    create_topology_topics(topo, bootstrap)
+    return topo, topo.dump(tmp / "topology.yaml")
+
+
+def _finish(
+    topo: Topology,
+    bootstrap: str,
+    worker,
+    recs: Collector,
+    dead: Collector,
+    data_dir: Path,
+    log: Path,
+    n_valid: int,
+    n_invalid: int,
+) -> Run:
+    answered = recs.wait_count(n_valid, ANSWER_TIMEOUT)
+    dead.wait_count(n_invalid, 30)
+    recs.wait_quiet(2.0, 10)
+    rc = stop_process(worker)
+    assert answered, f"only {len(recs.docs)}/{n_valid} answered; worker log: {log}"
+    assert rc == 0, f"worker exited with {rc}; see {log}"
+    return Run(
+        topo,
+        recs.close(),
+        dead.close(),
+        changelog_states(topo, bootstrap),
+        read_table_files(data_dir),
+        log,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(broker: str, small_model: Path, tmp_path_factory) -> Run:
+    """The uninterrupted run every other expectation is compared with."""
+    tmp = tmp_path_factory.mktemp("reference")
+    topo, topo_file = _fresh_topology(broker, tmp)
+    contents = split_log()
+    recs = Collector(topo.recommendations.name, broker)
+    dead = Collector(topo.dead_letter.name, broker)
+    recs.start()
+    dead.start()
+    log = tmp / "worker.log"
+    worker = start_worker(
+        model=small_model, data_dir=tmp / "state", bootstrap=broker, topology=topo_file, log=log
+    )
+    summary = replay(REPLAY_LOG, topo.events.name, bootstrap=broker)
+    assert summary.failed == 0 and summary.rejected_locally == 0, summary.errors
+    return _finish(
+        topo,
+        broker,
+        worker,
+        recs,
+        dead,
+        tmp / "state",
+        log,
+        len(contents.valid_ids),
+        len(contents.invalid),
+    )
+
+
+def test_every_valid_event_answered_exactly_once(reference_run: Run) -> None:
+    contents = split_log()
+    counts = answered_counts(reference_run.recs)
+    missing = set(contents.valid_ids) - set(counts)
+    dupes = {k: v for k, v in counts.items() if v > 1}
+    assert not missing, f"{len(missing)} valid events unanswered, e.g. {sorted(missing)[:5]}"
+    assert not dupes, f"{len(dupes)} events answered more than once without a fault"
+    assert set(counts) == set(contents.valid_ids)
+
+
+def test_recommendations_match_schema_and_have_reasons(reference_run: Run) -> None:
+    check = validator("recommendation")
+    for doc in reference_run.recs:
+        check(doc)
+        assert len(doc["items"]) == 10
+        assert all(item["reasons"] for item in doc["items"])
+        ids = [item["item_id"] for item in doc["items"]]
+        assert len(set(ids)) == len(ids)
+
+
+def test_every_invalid_line_dead_lettered_with_reason(reference_run: Run) -> None:
+    contents = split_log()
+    check = validator("dead_letter")
+    for doc in reference_run.dead:
+        check(doc)
+        assert doc["error"] and doc["topic"] == reference_run.topo.events.name
+    got = sorted(dead_letter_payloads([d for d in reference_run.dead if not d["truncated"]]))
+    want = sorted(x for x in contents.invalid if len(x) <= 65536)
+    assert got == want
+    oversized = [d for d in reference_run.dead if d["truncated"]]
+    assert [d["error_code"] for d in oversized] == ["oversized"]
+    assert len(reference_run.dead) == len(contents.invalid)
+
+
+def test_state_in_rocksdb_matches_changelog_and_log(reference_run: Run) -> None:
+    """The RocksDB files hold what the changelog holds, and that is the log, per user."""
+    assert reference_run.rocksdb.keys() == reference_run.changelog.keys()
+    for user, state in reference_run.changelog.items():
+        assert reference_run.rocksdb[user].content() == state.content()
+    # Rebuild the expected state of a few users straight from the log.
+    from streamrec.datasets import iter_lines
+    from streamrec.events import Rejected, decode_event
+
+    expected: dict[str, list[str]] = {}
+    for line in iter_lines(REPLAY_LOG):
+        try:
+            e = decode_event(line)
+        except Rejected:
+            continue
+        expected.setdefault(e.user_id, []).append(e.event_id)
+    assert set(expected) == set(reference_run.changelog)
+    for user, ids in expected.items():
+        state = reference_run.changelog[user]
+        assert state.n_events == len(ids)
+        assert [e[3] for e in state.entries] == ids[-50:]
+
+
+def test_sigkill_mid_replay_loses_nothing(
+    broker: str, small_model: Path, reference_run: Run, tmp_path: Path
+) -> None:
+    topo, topo_file = _fresh_topology(broker, tmp_path)
+    contents = split_log()
+    recs = Collector(topo.recommendations.name, broker)
+    dead = Collector(topo.dead_letter.name, broker)
+    recs.start()
+    dead.start()
+    data_dir, log = tmp_path / "state", tmp_path / "worker.log"
+    worker = start_worker(
+        model=small_model, data_dir=data_dir, bootstrap=broker, topology=topo_file, log=log
+    )
+    sent: dict = {}
+    sender = threading.Thread(
+        target=lambda: sent.update(
+            summary=replay(REPLAY_LOG, topo.events.name, bootstrap=broker, rate=1000)
+        )
+    )
+    sender.start()
+    assert recs.wait_count(800, 60), f"worker never got going; see {log}"
+    kill_process(worker)
+    killed_at = len(recs.docs)
+    time.sleep(1.0)
+    worker = start_worker(
+        model=small_model, data_dir=data_dir, bootstrap=broker, topology=topo_file, log=log
+    )
+    sender.join()
+    assert sent["summary"].failed == 0
+    run = _finish(
+        topo,
+        broker,
+        worker,
+        recs,
+        dead,
+        data_dir,
+        log,
+        len(contents.valid_ids),
+        len(contents.invalid),
+    )
+
+    counts = answered_counts(run.recs)
+    dupes = sum(v - 1 for v in counts.values())
+    print(
+        f"\n[restart, {BROKER_NAME}] killed after {killed_at} answers; "
+        f"{len(counts)} events answered, {dupes} duplicate answers (at-least-once)"
+    )
+    assert set(counts) == set(contents.valid_ids), "a valid event went unanswered"
+    assert len(run.dead) >= len(contents.invalid)
+    assert set(dead_letter_payloads([d for d in run.dead if not d["truncated"]])) == {
+        x for x in contents.invalid if len(x) <= 65536
+    }
+    # State after crash + restart equals the uninterrupted run's, user by user.
+    ref = {u: s.content() for u, s in reference_run.changelog.items()}
+    assert {u: s.content() for u, s in run.changelog.items()} == ref
+    assert {u: s.content() for u, s in run.rocksdb.items()} == ref
+
+
+def test_events_with_wrong_key_are_rekeyed_and_answered(
+    broker: str, small_model: Path, tmp_path: Path
+) -> None:
+    """Producers that key by something else (or nothing) still get answers, and each
+    user's state stays in the partition its user_id hashes to."""
+    topo, topo_file = _fresh_topology(broker, tmp_path)
+    recs = Collector(topo.recommendations.name, broker)
+    recs.start()
+    producer = Producer(producer_config(broker))
+    ids = []
+    for n in range(40):
+        event = {
+            "event_id": f"rk-{n}",
+            "user_id": f"u{n % 8}",
+            "item_id": f"i{n}",
+            "event_type": "view",
+            "timestamp": 1_700_000_000_000 + n,
+        }
+        ids.append(event["event_id"])
+        key = None if n % 2 else b"not-the-user"
+        producer.produce(topo.events.name, orjson.dumps(event), key)
+    assert producer.flush(10) == 0
+    log = tmp_path / "worker.log"
+    worker = start_worker(
+        model=small_model,
+        data_dir=tmp_path / "state",
+        bootstrap=broker,
+        topology=topo_file,
+        log=log,
+    )
+    try:
+        assert recs.wait_count(len(ids), 60), f"{len(recs.docs)} answered; see {log}"
+    finally:
+        assert stop_process(worker) == 0
+    assert sorted(answered_counts(recs.close())) == sorted(ids)
+    states = changelog_states(topo, broker)
+    assert sum(s.n_events for s in states.values()) == len(ids)
