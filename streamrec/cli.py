@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import broker as broker_mod
 from .config import BOOTSTRAP_ENV, bootstrap_servers
+from .procs import exit_on_sigterm
 from .topology import Topology, TopologyError, load_topology
 
 app = typer.Typer(
@@ -65,6 +66,7 @@ def broker(
     ),
 ) -> None:
     """Run the embedded Kafka-protocol broker in the foreground (Ctrl-C stops it)."""
+    exit_on_sigterm()
     b = broker_mod.EmbeddedBroker(port=port, data_dir=data_dir)
     try:
         address = b.start()
@@ -365,6 +367,7 @@ def demo(
     """End to end on the embedded broker: MovieLens 100K in, recommendations out."""
     from .demo import run_demo
 
+    exit_on_sigterm()
     raise typer.Exit(run_demo(workdir, stream_events=events, rate=rate, show_per_s=show))
 
 
