@@ -26,7 +26,7 @@ from faust.streams import _current_event  # see _acting_for
 from faust.types import EventT
 
 from .pipeline import Record, process_batch
-from .ranking import Ranker
+from .ranking import ModelWatcher
 from .topology import Topology
 
 log = logging.getLogger("streamrec.worker")
@@ -94,10 +94,10 @@ def create_app(settings: WorkerSettings) -> faust.App:
     # Tables take their codec from key/value *types* (json for non-models); our state is
     # already orjson bytes, so store and changelog them as they are.
     sessions.key_serializer = sessions.value_serializer = "raw"
-    ranker = Ranker.from_path(settings.model_path, top_k=spec.top_k)
+    models = ModelWatcher(settings.model_path, top_k=spec.top_k)
     log.info(
         "ranking with model %s from %s; group instance id %s",
-        ranker.version,
+        models.ranker.version,
         settings.model_path,
         settings.instance_id,
     )
@@ -122,7 +122,8 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 )
                 for ev in batch
             ]
-            result = process_batch(records, load_state, ranker, spec)
+            # A new model version takes over between batches: none lost, none answered twice.
+            result = process_batch(records, load_state, models.poll(), spec)
             for user, (value, rec) in result.state_writes.items():
                 with _acting_for(rec.source):
                     sessions[user.encode()] = value

@@ -115,7 +115,11 @@ def topics_list(bootstrap: Bootstrap = None, topology: TopologyOpt = None) -> No
 def worker(
     model: Annotated[
         Path,
-        typer.Option(envvar="STREAMREC_MODEL", help="Model directory (train-baseline output)."),
+        typer.Option(
+            envvar="STREAMREC_MODEL",
+            help="Model directory, or a models root whose CURRENT names the active version "
+            "(watched: activating another version switches without restart).",
+        ),
     ],
     data_dir: Annotated[
         Path, typer.Option(envvar="STREAMREC_DATA_DIR", help="Local RocksDB state directory.")
@@ -136,8 +140,13 @@ def worker(
     from .app import WorkerSettings, default_instance_id, run_worker
 
     topo = _topology(topology)
-    if not (model / "metadata.json").is_file():
-        raise _fail(f"{model} is not a model directory; build one with `streamrec train-baseline`")
+    from .ranking import resolve_model_dir
+
+    if not (resolve_model_dir(model) / "metadata.json").is_file():
+        raise _fail(
+            f"{model} is neither a model directory nor a models root with CURRENT; "
+            "build one with `streamrec train` or `streamrec train-baseline`"
+        )
     run_worker(
         WorkerSettings(
             topo,
@@ -351,6 +360,100 @@ def train_baseline(
         f"trained {m['version']} on {m['n_events']:,} events, {m['n_items']:,} items "
         f"in {time.perf_counter() - started:.1f}s -> {out}"
     )
+
+
+@app.command()
+def train(
+    events: Annotated[Path, typer.Option(help="Event log (JSONL[.gz]).")],
+    out: Annotated[
+        Path, typer.Option(help="Models root; a new version directory goes here.")
+    ] = Path("models"),
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 100,
+    dim: Annotated[int, typer.Option(help="Embedding / hidden size.")] = 64,
+    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    activate_version: Annotated[
+        bool,
+        typer.Option("--activate/--no-activate", help="Point <out>/CURRENT at the new version."),
+    ] = True,
+) -> None:
+    """Train the sequential (GRU) model, export it to ONNX and verify the export."""
+    try:
+        from .model.train import TrainConfig
+        from .model.train import train as run_train
+    except ImportError as exc:
+        raise _fail(
+            f"training needs the [train] extra (pip install 'streamrec[train]'): {exc}"
+        ) from None
+    from .ranking import activate
+
+    if not events.is_file():
+        raise _fail(f"no such log: {events}")
+    cfg = TrainConfig(epochs=epochs, dim=dim, patience=patience, seed=seed)
+    version_dir = run_train(events, out, cfg, progress=lambda line: console.print(line))
+    if activate_version:
+        activate(out, version_dir.name)
+        console.print(f"{out}/CURRENT -> {version_dir.name}")
+    print(version_dir)
+
+
+@app.command("activate")
+def activate_cmd(
+    version: Annotated[Path, typer.Argument(help="A version directory, e.g. models/gru-...")],
+) -> None:
+    """Make a model version the active one; running workers switch at their next batch."""
+    from .ranking import activate
+
+    try:
+        activate(version.parent, version.name)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    print(f"{version.parent}/CURRENT -> {version.name}")
+
+
+@app.command()
+def evaluate(
+    events: Annotated[Path, typer.Option(help="Event log the model was trained on.")],
+    model: Annotated[Path, typer.Option(help="Model version directory or models root.")],
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            help="Also replay the split through a live broker + worker and score what it publishes."
+        ),
+    ] = False,
+    bootstrap: Bootstrap = None,
+    workdir: Annotated[Path, typer.Option(help="Scratch space for --stream.")] = Path(
+        ".streamrec/evaluate"
+    ),
+) -> None:
+    """Leave-one-out, full-ranking NDCG@10/20 and HR@10/20: model vs baselines."""
+    from rich.table import Table
+
+    from .evaluate import evaluate_offline, evaluate_stream
+
+    if not events.is_file():
+        raise _fail(f"no such log: {events}")
+    started = time.perf_counter()
+    results = evaluate_offline(events, model)
+    if stream:
+        results.update(
+            evaluate_stream(
+                events, model, workdir, bootstrap, progress=lambda line: console.print(line)
+            )
+        )
+    table = Table(title=f"{events.name}: leave-one-out, full ranking, seen items masked")
+    cols = ["users", "NDCG@10", "HR@10", "NDCG@20", "HR@20"]
+    table.add_column("recommender")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, m in results.items():
+        table.add_row(name, *(f"{m[c]:.4f}" if c != "users" else f"{m[c]:,}" for c in cols))
+    Console().print(table)
+    console.print(f"evaluated in {time.perf_counter() - started:.0f}s")
+    if out:
+        out.write_text(json.dumps(results, indent=2))
+        console.print(f"wrote {out}")
 
 
 @app.command()

@@ -106,14 +106,17 @@ def process_batch(
         else:
             result.redelivered += 1
         # Rank on the state as of this event, not as of the end of the batch.
-        snapshot = SessionState(list(state.entries), state.n_events, state.partition, state.offset)
-        requests.append(RankRequest(event.user_id, snapshot))
+        requests.append(RankRequest(event.user_id, state.snapshot()))
         answered.append((rec, event))
 
+    ranked, model_states = _rank_isolating_failures(ranker, requests)
+    last_rec = {event.user_id: rec for rec, event in answered}
+    for user, (h, hv, hn) in model_states.items():
+        state = states[user]
+        state.h, state.hv, state.hn = h, hv, hn
+        result.state_writes.setdefault(user, (b"", last_rec[user]))
     for user, (_, rec) in result.state_writes.items():
         result.state_writes[user] = (states[user].to_bytes(), rec)
-
-    ranked = _rank_isolating_failures(ranker, requests)
     batch_ms = round((time.perf_counter() - started) * 1000, 3)
     for (rec, event), items in zip(answered, ranked, strict=True):
         if isinstance(items, Rejected):
@@ -136,17 +139,20 @@ def process_batch(
     return result
 
 
-def _rank_isolating_failures(ranker: Ranker, requests: list[RankRequest]) -> list:
+def _rank_isolating_failures(ranker: Ranker, requests: list[RankRequest]) -> tuple[list, dict]:
     """One ranking call for the batch; if it fails, rank one by one so a single poisonous
     request becomes one dead letter instead of losing the batch."""
     try:
-        return ranker.rank_batch(requests)
+        result = ranker.rank_batch(requests)
+        return result.items, result.model_states
     except Exception:
         log.exception("ranking failed for a batch of %d; retrying one by one", len(requests))
     out: list = []
+    # One by one, a request no longer sees its user's earlier events of this batch
+    # through the model state, so no model state is stored from this path.
     for req in requests:
         try:
-            out.extend(ranker.rank_batch([req]))
+            out.extend(ranker.rank_batch([req]).items)
         except Exception as exc:
             out.append(Rejected("internal", f"ranking failed: {type(exc).__name__}: {exc}"))
-    return out
+    return out, {}

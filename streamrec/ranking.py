@@ -1,56 +1,263 @@
 """Ranking: turn a batch of session states into ranked items with reasons.
 
-One call per batch (``rank_batch``) so a model backend can run a single inference for
-the whole batch. Today the backend is the co-occurrence model; the sequential ONNX
-model plugs in behind the same call and keeps this one as its fallback.
+One call per batch (``rank_batch``). Two rankers share the interface:
+
+* :class:`CooccurrenceRanker` — item-to-item co-occurrence + popularity;
+* :class:`SequentialRanker` — the exported GRU model through onnxruntime, one
+  inference for the whole batch. Each user's hidden state is cached in the session
+  state, so an event costs one GRU step however long the history; when the cached state
+  is missing or from another model version it is rebuilt from the session window in
+  the same call. Users with nothing the model knows fall back to co-occurrence.
+
+:func:`load_ranker` resolves a model path (a model directory, or a models root whose
+``CURRENT`` file names the active version); :class:`ModelWatcher` swaps versions at
+batch boundaries without a restart.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .baseline import CooccurrenceModel
+import numpy as np
+
+from .baseline import PAST_TENSE, CooccurrenceModel
 from .state import SessionState
+
+log = logging.getLogger(__name__)
+ModelState = tuple[str, str, int]  # (h base64, model version, n_events it covers)
 
 
 @dataclass(frozen=True, slots=True)
 class RankRequest:
     user_id: str
-    state: SessionState
+    state: SessionState  # as of the event being answered
 
 
-class Ranker:
+@dataclass
+class RankResult:
+    items: list[list[dict[str, Any]]]
+    model_states: dict[str, ModelState] = field(default_factory=dict)
+
+
+def _item(item_id: str, score: float, reasons: list[str], titles: dict[str, str]) -> dict:
+    out: dict[str, Any] = {"item_id": item_id, "score": score, "reasons": reasons}
+    title = titles.get(item_id)
+    if title:
+        out["title"] = title
+    return out
+
+
+class Ranker(Protocol):
+    version: str
+    top_k: int
+
+    def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult: ...
+
+
+class CooccurrenceRanker(Ranker):
     def __init__(self, model: CooccurrenceModel, top_k: int = 10) -> None:
         self.model = model
         self.top_k = top_k
+        self.version = model.version
 
-    @classmethod
-    def from_path(cls, path: str | Path, top_k: int = 10) -> Ranker:
-        return cls(CooccurrenceModel.load(path), top_k)
+    def rank_one(self, state: SessionState) -> list[dict[str, Any]]:
+        history = [(e[0], e[1]) for e in state.entries if e[0] is not None]
+        recs = self.model.recommend(history, k=self.top_k, exclude=state.seen())
+        return [_item(r.item_id, r.score, r.reasons, self.model.titles) for r in recs]
 
-    @property
-    def version(self) -> str:
-        return self.model.version
+    def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
+        return RankResult([self.rank_one(r.state) for r in requests])
 
-    def rank_batch(self, requests: Sequence[RankRequest]) -> list[list[dict[str, Any]]]:
-        out = []
-        titles = self.model.titles
-        for req in requests:
-            history = [(e[0], e[1]) for e in req.state.entries if e[0] is not None]
-            recs = self.model.recommend(history, k=self.top_k, exclude=req.state.seen())
-            items = []
-            for r in recs:
-                item: dict[str, Any] = {
-                    "item_id": r.item_id,
-                    "score": r.score,
-                    "reasons": r.reasons,
-                }
-                title = titles.get(r.item_id)
-                if title:
-                    item["title"] = title
-                items.append(item)
-            out.append(items)
-        return out
+
+def _encode_h(h: np.ndarray) -> str:
+    return base64.b64encode(h.astype(np.float32).tobytes()).decode()
+
+
+def _decode_h(text: str, dim: int) -> np.ndarray | None:
+    h = np.frombuffer(base64.b64decode(text), dtype=np.float32)
+    return h if h.shape == (dim,) else None
+
+
+class SequentialRanker(Ranker):
+    def __init__(self, model: Any, fallback: CooccurrenceModel, top_k: int = 10) -> None:
+        self.model = model  # runtime.SequentialModel
+        self.fallback = CooccurrenceRanker(fallback, top_k)
+        self.titles = fallback.titles
+        self.top_k = top_k
+        self.version = model.version
+
+    def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
+        model, dim = self.model, self.model.dim
+        # Per user, in batch order: which items to feed and where each answer sits.
+        users: dict[str, list[int]] = {}
+        for n, req in enumerate(requests):
+            users.setdefault(req.user_id, []).append(n)
+        rows, h0s, feeds, positions = [], [], [], {}
+        for user, idxs in users.items():
+            first, last = requests[idxs[0]].state, requests[idxs[-1]].state
+            h = _decode_h(first.h, dim) if first.h and first.hv == model.version else None
+            covered = first.hn if h is not None else 0
+            # Event number of each window entry: the window holds the last len(entries).
+            base = last.n_events - len(last.entries)
+            feed: list[tuple[int, int]] = []  # (event number, item index)
+            for j, entry in enumerate(last.entries):
+                number = base + j + 1
+                if number > covered and entry[0] is not None:
+                    idx = model.item_index(entry[0])
+                    if idx:
+                        feed.append((number, idx))
+            for n in idxs:
+                upto = requests[n].state.n_events
+                pos = sum(1 for number, _ in feed if number <= upto)
+                positions[n] = (len(rows), pos, h is not None or pos > 0)
+            rows.append(user)
+            h0s.append(h if h is not None else np.zeros(dim, np.float32))
+            feeds.append(feed)
+        width = max(1, *(len(f) for f in feeds))
+        items = np.zeros((len(rows), width), dtype=np.int64)
+        for r, feed in enumerate(feeds):
+            items[r, : len(feed)] = [i for _, i in feed]
+        modelled = [n for n in range(len(requests)) if positions[n][2]]
+        out: list[list[dict[str, Any]] | None] = [None] * len(requests)
+        states_out: dict[str, ModelState] = {}
+        if modelled:
+            gather = np.array([positions[n][0] * (width + 1) + positions[n][1] for n in modelled])
+            seen = [
+                sorted({model.item_index(i) for i in requests[n].state.seen()} - {0})
+                for n in modelled
+            ]
+            exclude = np.zeros((len(modelled), max(1, *(len(s) for s in seen))), np.int64)
+            for r, s in enumerate(seen):
+                exclude[r, : len(s)] = s
+            states, scores, top = model.run(items, np.stack(h0s), gather, exclude)
+            for r, n in enumerate(modelled):
+                out[n] = self._explain(requests[n].state, scores[r], top[r])
+            for r, user in enumerate(rows):
+                last = requests[users[user][-1]].state
+                if feeds[r] or h0s[r].any():
+                    states_out[user] = (
+                        _encode_h(states[r, len(feeds[r])]),
+                        model.version,
+                        last.n_events,
+                    )
+        for n, items_n in enumerate(out):
+            if items_n is None:  # nothing the model knows about this user yet
+                out[n] = self.fallback.rank_one(requests[n].state)
+        return RankResult(out, states_out)  # type: ignore[arg-type]
+
+    def _explain(self, state: SessionState, scores: np.ndarray, top: np.ndarray) -> list[dict]:
+        """Reasons from what the user did: the strongest co-occurrence link to a recent
+        item when there is one, else the recent sequence the model continued."""
+        recent = [(e[0], e[1]) for e in state.entries if e[0] is not None][-5:]
+        last_item, last_type = recent[-1] if recent else (None, "view")
+        titles, fb = self.titles, self.fallback.model
+        links: dict[str, tuple[str, str]] = {}
+        for item, etype in recent:  # most recent last, so it wins
+            idx = fb.index.get(item)
+            if idx is not None:
+                for j, _ in fb._nbrs[idx]:
+                    links[fb.item_ids[j]] = (item, etype)
+        items = []
+        for s, j in zip(scores, top, strict=True):
+            if j <= 0 or not np.isfinite(s):
+                continue
+            item_id = self.model.items[j - 1]
+            reasons = []
+            if last_item is not None:
+                verb = PAST_TENSE.get(last_type, "interacted with")
+                reasons.append(
+                    f'next in sequences like yours, after "{titles.get(last_item, last_item)}", '
+                    f"which you {verb}"
+                )
+            link = links.get(item_id)
+            if link:
+                reasons.append(f'often together with "{titles.get(link[0], link[0])}"')
+            items.append(
+                _item(
+                    item_id, round(float(s), 4), reasons or ["predicted from your activity"], titles
+                )
+            )
+            if len(items) == self.top_k:
+                break
+        return items
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A models root with a ``CURRENT`` file -> the version it names; else ``path``."""
+    path = Path(path)
+    current = path / "CURRENT"
+    if current.is_file():
+        return path / current.read_text().strip()
+    return path
+
+
+def load_ranker(path: str | Path, top_k: int = 10) -> Ranker:
+    """Load whatever ``path`` holds: a sequential model version or a co-occurrence model."""
+    from .model.runtime import FORMAT, ModelError, SequentialModel
+
+    model_dir = resolve_model_dir(path)
+    meta_path = model_dir / "metadata.json"
+    if not meta_path.is_file():
+        raise ModelError(f"{model_dir} is not a model directory (no metadata.json)")
+    fmt = json.loads(meta_path.read_text()).get("format")
+    if fmt == FORMAT:
+        model = SequentialModel(model_dir)
+        log.info("model %s on %s", model.version, ", ".join(model.providers))
+        return SequentialRanker(model, CooccurrenceModel.load(model_dir / "fallback"), top_k)
+    return CooccurrenceRanker(CooccurrenceModel.load(model_dir), top_k)
+
+
+def activate(root: str | Path, version: str) -> None:
+    """Point ``root/CURRENT`` at ``version`` atomically (workers pick it up live)."""
+    root = Path(root)
+    if not (root / version / "metadata.json").is_file():
+        raise FileNotFoundError(f"{root / version} is not a model version")
+    tmp = root / f".CURRENT.{time.time_ns()}"
+    tmp.write_text(version + "\n")
+    tmp.replace(root / "CURRENT")
+
+
+class ModelWatcher:
+    """Checks ``path`` (every ``interval`` s, between batches) for a new active version
+    and loads it; a version that fails to load is refused and the running one stays."""
+
+    def __init__(self, path: str | Path, top_k: int, interval: float = 2.0) -> None:
+        self.path, self.top_k, self.interval = Path(path), top_k, interval
+        self.current_dir = resolve_model_dir(self.path)
+        self.ranker = load_ranker(self.path, top_k)
+        self._next_check = time.monotonic() + interval
+        self.refused: set[tuple[Path, float]] = set()
+
+    def poll(self) -> Ranker:
+        now = time.monotonic()
+        if now < self._next_check:
+            return self.ranker
+        self._next_check = now + self.interval
+        try:
+            target = resolve_model_dir(self.path)
+        except OSError:
+            return self.ranker
+        if target == self.current_dir:
+            return self.ranker
+        try:
+            stamp = (target, (target / "metadata.json").stat().st_mtime)
+        except OSError:
+            stamp = (target, 0.0)
+        if stamp in self.refused:
+            return self.ranker  # refused already; tried again once its files change
+        try:
+            ranker = load_ranker(target, self.top_k)
+        except Exception as exc:
+            self.refused.add(stamp)
+            log.error("refusing model %s: %s; still serving %s", target, exc, self.ranker.version)
+            return self.ranker
+        log.info("switched model %s -> %s", self.ranker.version, ranker.version)
+        self.ranker, self.current_dir = ranker, target
+        return ranker

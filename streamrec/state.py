@@ -30,6 +30,11 @@ class SessionState:
     n_events: int = 0
     partition: int = -1
     offset: int = -1
+    # The sequential model's state for this user: its hidden vector (base64 float32),
+    # the model version that computed it and after how many events (see ranking.py).
+    h: str | None = None
+    hv: str | None = None
+    hn: int = 0
 
     @property
     def items(self) -> list[str]:
@@ -57,16 +62,37 @@ class SessionState:
         return True
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {"e": self.entries, "n": self.n_events, "p": self.partition, "o": self.offset}
-        )
+        doc = {"e": self.entries, "n": self.n_events, "p": self.partition, "o": self.offset}
+        if self.h is not None:
+            doc.update(h=self.h, hv=self.hv, hn=self.hn)
+        return orjson.dumps(doc)
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> SessionState:
         if not data:
             return cls()
         doc = orjson.loads(data)
-        return cls(entries=doc["e"], n_events=doc["n"], partition=doc["p"], offset=doc["o"])
+        return cls(
+            entries=doc["e"],
+            n_events=doc["n"],
+            partition=doc["p"],
+            offset=doc["o"],
+            h=doc.get("h"),
+            hv=doc.get("hv"),
+            hn=doc.get("hn", 0),
+        )
+
+    def snapshot(self) -> SessionState:
+        """A copy that later ``apply`` calls do not change."""
+        return SessionState(
+            list(self.entries),
+            self.n_events,
+            self.partition,
+            self.offset,
+            self.h,
+            self.hv,
+            self.hn,
+        )
 
     def content(self) -> dict:
         """What a user's state means, without delivery bookkeeping (for comparisons)."""

@@ -7,9 +7,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamrec.baseline import CooccurrenceModel
 from streamrec.events import validator
 from streamrec.pipeline import Record, process_batch
-from streamrec.ranking import Ranker
+from streamrec.ranking import CooccurrenceRanker
 from streamrec.replay import user_key
 from streamrec.state import SessionState
 from streamrec.topology import WorkerSpec
@@ -18,8 +19,8 @@ SPEC = WorkerSpec(top_k=5, session_length=10)
 
 
 @pytest.fixture
-def ranker(small_model: Path) -> Ranker:
-    return Ranker.from_path(small_model, top_k=SPEC.top_k)
+def ranker(small_model: Path) -> CooccurrenceRanker:
+    return CooccurrenceRanker(CooccurrenceModel.load(small_model), top_k=SPEC.top_k)
 
 
 def event(n: int, user: str = "u1", item: str = "i1", **extra) -> bytes:
@@ -43,7 +44,7 @@ def records(values, keys=None, partition=0):
     ]
 
 
-def test_valid_events_answered_in_order_with_state(ranker: Ranker) -> None:
+def test_valid_events_answered_in_order_with_state(ranker: CooccurrenceRanker) -> None:
     store: dict[str, bytes] = {}
     batch = records([event(1, item="i1"), event(2, item="i2"), event(3, user="u2", item="i5")])
     result = process_batch(batch, lambda u, r: store.get(u), ranker, SPEC)
@@ -61,7 +62,7 @@ def test_valid_events_answered_in_order_with_state(ranker: Ranker) -> None:
     assert u1.items == ["i1", "i2"] and result.state_writes["u1"][1].offset == 1
 
 
-def test_invalid_records_dead_lettered_valid_ones_unaffected(ranker: Ranker) -> None:
+def test_invalid_records_dead_lettered_valid_ones_unaffected(ranker: CooccurrenceRanker) -> None:
     values = [b"\xff", event(1), b"{oops", event(2, event_type="nope"), event(3)]
     result = process_batch(records(values), lambda u, r: None, ranker, SPEC)
     assert result.valid == 2 and result.invalid == 3
@@ -71,7 +72,7 @@ def test_invalid_records_dead_lettered_valid_ones_unaffected(ranker: Ranker) -> 
     assert [d["offset"] for d in dead] == [0, 2, 3]
 
 
-def test_redelivered_events_answered_but_not_reapplied(ranker: Ranker) -> None:
+def test_redelivered_events_answered_but_not_reapplied(ranker: CooccurrenceRanker) -> None:
     store: dict[str, bytes] = {}
     batch = records([event(1), event(2, item="i2")])
     first = process_batch(batch, lambda u, r: store.get(u), ranker, SPEC)
@@ -81,21 +82,21 @@ def test_redelivered_events_answered_but_not_reapplied(ranker: Ranker) -> None:
     assert len(again.recommendations) == 2
 
 
-def test_wrong_key_is_rekeyed_not_answered(ranker: Ranker) -> None:
+def test_wrong_key_is_rekeyed_not_answered(ranker: CooccurrenceRanker) -> None:
     batch = records([event(1), event(2)], keys=[None, b"someone-else"])
     result = process_batch(batch, lambda u, r: None, ranker, SPEC)
     assert result.rekeyed == [(b"u1", event(1)), (b"u1", event(2))]
     assert not result.recommendations and not result.state_writes
 
 
-class Exploding(Ranker):
+class Exploding(CooccurrenceRanker):
     def rank_batch(self, requests):
         if any(r.user_id == "bad" for r in requests):
             raise RuntimeError("boom")
         return super().rank_batch(requests)
 
 
-def test_a_ranking_failure_costs_one_dead_letter_not_the_batch(ranker: Ranker) -> None:
+def test_a_ranking_failure_costs_one_dead_letter_not_the_batch(ranker: CooccurrenceRanker) -> None:
     boom = Exploding(ranker.model, top_k=3)
     batch = records([event(1), event(2, user="bad"), event(3)])
     result = process_batch(batch, lambda u, r: None, boom, SPEC)

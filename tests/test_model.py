@@ -1,0 +1,225 @@
+"""The sequential model: training on planted structure, ONNX export checks, the cached
+per-user state in serving, versions and fallbacks."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamrec.datasets import generate_log, write_jsonl
+from streamrec.evaluate import evaluate_offline
+from streamrec.model.runtime import ModelError, SequentialModel
+from streamrec.pipeline import Record, process_batch
+from streamrec.ranking import (
+    CooccurrenceRanker,
+    ModelWatcher,
+    SequentialRanker,
+    activate,
+    load_ranker,
+)
+from streamrec.state import SessionState
+from streamrec.topology import WorkerSpec
+
+torch = pytest.importorskip("torch", reason="training needs the [train] extra")
+from streamrec.model.train import ExportMismatch, TrainConfig, train, verify_export  # noqa: E402
+
+SPEC = WorkerSpec(top_k=10, session_length=50)
+
+
+@pytest.fixture(scope="session")
+def planted_log(tmp_path_factory) -> Path:
+    events, _ = generate_log(users=300, items=200, events_per_user=20, seed=21)
+    path = tmp_path_factory.mktemp("planted") / "events.jsonl"
+    write_jsonl(path, events)
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_root(planted_log: Path, tmp_path_factory) -> Path:
+    """Two versions trained on the planted log (different seeds); CURRENT -> the first."""
+    root = tmp_path_factory.mktemp("models")
+    for seed in (1, 2):
+        cfg = TrainConfig(dim=32, epochs=12, patience=3, seed=seed, lr=5e-3)
+        version = train(planted_log, root, cfg, progress=lambda _: None)
+        (root / f"v{seed}").symlink_to(version.name)
+    activate(root, (root / "v1").resolve().name)
+    return root
+
+
+def v(root: Path, n: int) -> Path:
+    return (root / f"v{n}").resolve()
+
+
+def test_sequence_model_clearly_beats_popularity(planted_log: Path, models_root: Path) -> None:
+    results = evaluate_offline(planted_log, v(models_root, 1))
+    model = next(m for name, m in results.items() if name.startswith("model"))
+    pop = results["most popular"]
+    print(results)
+    assert model["NDCG@10"] > 0.3
+    assert model["NDCG@10"] > 3 * pop["NDCG@10"]
+    assert model["users"] == pop["users"] == 300
+
+
+def test_training_is_reproducible(planted_log: Path, models_root: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(dim=32, epochs=12, patience=3, seed=1, lr=5e-3)
+    again = train(planted_log, tmp_path, cfg, progress=lambda _: None)
+    import json
+
+    first = json.loads((v(models_root, 1) / "metadata.json").read_text())
+    second = json.loads((again / "metadata.json").read_text())
+    assert first["history"] == second["history"]
+
+
+def test_export_is_verified_against_torch(models_root: Path, tmp_path: Path) -> None:
+    from streamrec.model.network import GRURec
+    from streamrec.model.train import export_onnx
+
+    model = SequentialModel(v(models_root, 1))
+    net = GRURec(model.meta["n_items"], model.dim)  # untrained: differs from the export
+    with pytest.raises(ExportMismatch):
+        verify_export(net, v(models_root, 1), seqs=[[1, 2, 3], [4, 5], [6]])
+    out = tmp_path / "fresh"
+    shutil.copytree(v(models_root, 1), out)
+    export_onnx(net, out / "model.onnx", model.k)
+    with pytest.raises(ModelError, match="SHA-256"):
+        SequentialModel(out)  # metadata still carries the old hash
+
+
+def answer(ranker, store: dict[str, bytes], values: list[bytes], start: int) -> list[dict]:
+    recs = [
+        Record(orjson.loads(x)["user_id"].encode(), x, "events", 0, start + n)
+        for n, x in enumerate(values)
+    ]
+    result = process_batch(recs, lambda u, r: store.get(u), ranker, SPEC)
+    store.update({u: val for u, (val, _) in result.state_writes.items()})
+    return [orjson.loads(val) for _, val in result.recommendations]
+
+
+def events_for(user: str, items: list[str]) -> list[bytes]:
+    return [
+        orjson.dumps(
+            {
+                "event_id": f"{user}-{n}",
+                "user_id": user,
+                "item_id": item,
+                "event_type": "view",
+                "timestamp": 1_700_000_000_000 + n,
+            }
+        )
+        for n, item in enumerate(items)
+    ]
+
+
+def test_cached_state_gives_the_full_history_answer(models_root: Path) -> None:
+    """Event by event (one GRU step each, state in the session) or all in one batch or
+    from the full history offline: the same list."""
+    ranker = load_ranker(models_root)
+    assert isinstance(ranker, SequentialRanker)
+    history = ["i10", "i11", "i12", "i57", "i58", "i13", "i14"]
+    values = events_for("u1", history)
+    store: dict[str, bytes] = {}
+    one_by_one = [answer(ranker, store, [x], n)[0] for n, x in enumerate(values)]
+    state = SessionState.from_bytes(store["u1"])
+    assert state.hv == ranker.version and state.hn == len(history) and state.h
+    batch = answer(ranker, {}, values, 0)
+    offline = ranker.model.recommend_histories([history], k=10)[0]
+    ids = lambda doc: [i["item_id"] for i in doc["items"]]  # noqa: E731
+    assert ids(one_by_one[-1]) == ids(batch[-1]) == offline
+    for a, b in zip(one_by_one, batch, strict=True):
+        assert ids(a) == ids(b)
+    assert all(doc["model_version"] == ranker.version for doc in one_by_one)
+    assert all(item["reasons"] for item in one_by_one[-1]["items"])
+
+
+def test_new_version_rebuilds_state_from_the_window(models_root: Path) -> None:
+    old, new = load_ranker(v(models_root, 1)), load_ranker(v(models_root, 2))
+    history = ["i20", "i21", "i22", "i23"]
+    store: dict[str, bytes] = {}
+    answer(old, store, events_for("u2", history[:3]), 0)
+    assert SessionState.from_bytes(store["u2"]).hv == old.version
+    (doc,) = answer(new, store, events_for("u2", history)[3:], 3)
+    assert doc["model_version"] == new.version
+    assert [i["item_id"] for i in doc["items"]] == new.model.recommend_histories([history])[0][:10]
+    assert SessionState.from_bytes(store["u2"]).hv == new.version
+
+
+def test_unknown_users_and_items_fall_back_to_cooccurrence(models_root: Path) -> None:
+    ranker = load_ranker(models_root)
+    (doc,) = answer(ranker, {}, events_for("u3", ["never-seen-item"]), 0)
+    fallback = CooccurrenceRanker(ranker.fallback.model, 10)
+    assert [i["item_id"] for i in doc["items"]] == [
+        i["item_id"]
+        for i in fallback.rank_one(SessionState(entries=[["never-seen-item", "view", 0, "x"]]))
+    ]
+    assert all("popular" in i["reasons"][0] for i in doc["items"])
+
+
+def test_watcher_switches_versions_and_refuses_broken_ones(
+    models_root: Path, tmp_path: Path, caplog
+) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    for n in (1, 2):
+        shutil.copytree(v(models_root, n), root / v(models_root, n).name)
+    broken = root / "broken"
+    shutil.copytree(v(models_root, 2), broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    activate(root, v(models_root, 1).name)
+    watcher = ModelWatcher(root, top_k=10, interval=0)
+    first = watcher.ranker.version
+    activate(root, "broken")
+    with caplog.at_level(logging.ERROR):
+        assert watcher.poll().version == first
+    assert "refusing model" in caplog.text and "SHA-256" in caplog.text
+    activate(root, v(models_root, 2).name)
+    assert watcher.poll().version == v(models_root, 2).name != first
+
+
+@pytest.mark.broker
+def test_hot_swap_under_traffic_loses_and_repeats_nothing(
+    broker: str, models_root: Path, planted_log: Path, topology, tmp_path: Path
+) -> None:
+    """A worker on a models root; mid-replay CURRENT moves to another version."""
+    from streamrec.datasets import iter_lines
+    from streamrec.procs import start_worker, stop_process
+    from streamrec.replay import replay
+
+    from .helpers import Collector
+
+    topo, topo_file = topology
+    root = tmp_path / "models"
+    root.mkdir()
+    for n in (1, 2):
+        shutil.copytree(v(models_root, n), root / v(models_root, n).name)
+    activate(root, v(models_root, 1).name)
+    lines = list(iter_lines(planted_log))[:3000]
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_bytes(b"\n".join(lines[:1500]) + b"\n")
+    second.write_bytes(b"\n".join(lines[1500:]) + b"\n")
+    recs = Collector(topo.recommendations.name, broker)
+    recs.start()
+    log = tmp_path / "worker.log"
+    worker = start_worker(
+        model=root, data_dir=tmp_path / "state", bootstrap=broker, topology=topo_file, log=log
+    )
+    try:
+        replay(first, topo.events.name, bootstrap=broker)
+        assert recs.wait_count(1500, 90), f"{len(recs.docs)} answered; see {log}"
+        activate(root, v(models_root, 2).name)
+        replay(second, topo.events.name, bootstrap=broker, rate=1000)
+        assert recs.wait_count(3000, 90), f"{len(recs.docs)} answered; see {log}"
+        recs.wait_quiet(2.0, 10)
+    finally:
+        assert stop_process(worker) == 0
+    docs = recs.close()
+    ids = [d["event_id"] for d in docs]
+    assert len(ids) == len(set(ids)) == 3000
+    versions = [d["model_version"] for d in docs]
+    v1, v2 = v(models_root, 1).name, v(models_root, 2).name
+    assert set(versions) == {v1, v2}
+    assert all(x == v1 for x in versions[:1500])
+    print(f"\nhot swap: {versions.count(v1)} answers by {v1}, {versions.count(v2)} by {v2}")
