@@ -372,6 +372,9 @@ def train(
     dim: Annotated[int, typer.Option(help="Embedding / hidden size.")] = 64,
     patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    catalog: Annotated[
+        Path | None, typer.Option(help="Catalog JSONL, for titles in reasons.")
+    ] = None,
     activate_version: Annotated[
         bool,
         typer.Option("--activate/--no-activate", help="Point <out>/CURRENT at the new version."),
@@ -390,7 +393,14 @@ def train(
     if not events.is_file():
         raise _fail(f"no such log: {events}")
     cfg = TrainConfig(epochs=epochs, dim=dim, patience=patience, seed=seed)
-    version_dir = run_train(events, out, cfg, progress=lambda line: console.print(line))
+    titles = None
+    if catalog:
+        from .datasets import read_jsonl
+
+        titles = {r["item_id"]: r.get("title", r["item_id"]) for r in read_jsonl(catalog)}
+    version_dir = run_train(
+        events, out, cfg, progress=lambda line: console.print(line), titles=titles
+    )
     if activate_version:
         activate(out, version_dir.name)
         console.print(f"{out}/CURRENT -> {version_dir.name}")
@@ -463,6 +473,9 @@ def demo(
         float | None, typer.Option(help="Replay rate, events/s (default: max).")
     ] = None,
     show: Annotated[float, typer.Option(help="Recommendations printed per second.")] = 2.0,
+    epochs: Annotated[
+        int, typer.Option(help="GRU training epochs (0: use the co-occurrence model only).")
+    ] = 15,
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps data and models.")] = Path(
         ".streamrec/demo"
     ),
@@ -471,7 +484,9 @@ def demo(
     from .demo import run_demo
 
     exit_on_sigterm()
-    raise typer.Exit(run_demo(workdir, stream_events=events, rate=rate, show_per_s=show))
+    raise typer.Exit(
+        run_demo(workdir, stream_events=events, rate=rate, show_per_s=show, epochs=epochs)
+    )
 
 
 def main() -> None:

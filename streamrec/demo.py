@@ -60,6 +60,35 @@ def split_log(events_path: Path, workdir: Path, stream_events: int) -> tuple[Pat
     return train, stream, n_stream
 
 
+def train_model(train: Path, titles: dict[str, str], root: Path, epochs: int) -> Path:
+    """The sequential model when torch is installed (the [train] extra), else the
+    co-occurrence model; either way a directory the worker serves."""
+    try:
+        from .model.train import TrainConfig
+        from .model.train import train as train_gru
+    except ImportError:
+        train_gru = None
+    if train_gru is None or epochs <= 0:
+        rows = (
+            (r["user_id"], r["item_id"], r["event_type"], r["timestamp"]) for r in read_jsonl(train)
+        )
+        model = CooccurrenceModel.fit(rows, titles=titles)
+        console.print(
+            f"[bold]model:[/] co-occurrence {model.version} trained on "
+            f"{model.meta['n_events']:,} older events, {model.meta['n_items']:,} items"
+        )
+        return model.save(root / "baseline")
+    console.print(f"[bold]model:[/] training the GRU sequence model ({epochs} epochs at most)")
+    version = train_gru(
+        train,
+        root,
+        TrainConfig(epochs=epochs),
+        titles=titles,
+        progress=lambda line: console.print(f"  {line}", highlight=False),
+    )
+    return version
+
+
 class Watcher(threading.Thread):
     """Counts recommendations and prints a few per second while the replay runs."""
 
@@ -108,6 +137,7 @@ def run_demo(
     stream_events: int = 20000,
     rate: float | None = None,
     show_per_s: float = 2.0,
+    epochs: int = 15,
     answer_timeout: float = 120.0,
 ) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -120,18 +150,7 @@ def run_demo(
         console.print(f"[bold]data:[/] {label}")
         train, stream, n_stream = split_log(events_path, workdir, stream_events)
         titles = {r["item_id"]: r.get("title", r["item_id"]) for r in read_jsonl(catalog_path)}
-        model = CooccurrenceModel.fit(
-            (
-                (r["user_id"], r["item_id"], r["event_type"], r["timestamp"])
-                for r in read_jsonl(train)
-            ),
-            titles=titles,
-        )
-        model_dir = model.save(workdir / "models" / "baseline")
-        console.print(
-            f"[bold]model:[/] co-occurrence {model.version} trained on "
-            f"{model.meta['n_events']:,} older events, {model.meta['n_items']:,} items"
-        )
+        model_dir = train_model(train, titles, workdir / "models", epochs)
 
         broker = EmbeddedBroker(log=workdir / "broker.log")
         bootstrap = broker.start()

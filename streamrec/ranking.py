@@ -107,12 +107,12 @@ class SequentialRanker(Ranker):
             # Event number of each window entry: the window holds the last len(entries).
             base = last.n_events - len(last.entries)
             feed: list[tuple[int, int]] = []  # (event number, item index)
-            for j, entry in enumerate(last.entries):
-                number = base + j + 1
-                if number > covered and entry[0] is not None:
+            for j in range(max(0, covered - base), len(last.entries)):  # only what is new
+                entry = last.entries[j]
+                if entry[0] is not None:
                     idx = model.item_index(entry[0])
                     if idx:
-                        feed.append((number, idx))
+                        feed.append((base + j + 1, idx))
             for n in idxs:
                 upto = requests[n].state.n_events
                 pos = sum(1 for number, _ in feed if number <= upto)

@@ -91,6 +91,7 @@ def train(
     out_root: str | Path,
     cfg: TrainConfig | None = None,
     progress: Callable[[str], None] = print,
+    titles: dict[str, str] | None = None,
 ) -> Path:
     """Train, export, verify; returns the new version directory under ``out_root``."""
     cfg = cfg or TrainConfig()
@@ -183,7 +184,9 @@ def train(
     }
     (out / "metadata.json").write_text(json.dumps(meta, indent=2))
     verify_export(net, out, seqs=[[index[e[0]] for e in s] for s in split.train.values()])
-    fallback = CooccurrenceModel.fit(split.train_rows(), meta={"version": f"{version}-cooc"})
+    fallback = CooccurrenceModel.fit(
+        split.train_rows(), titles=titles, meta={"version": f"{version}-cooc"}
+    )
     fallback.save(out / "fallback")
     progress(f"exported and verified {out}")
     return out
