@@ -25,8 +25,11 @@ import faust
 from faust.streams import _current_event  # see _acting_for
 from faust.types import EventT
 
+from .events import Rejected, decode_catalog, encode_dead_letter
+from .graph import GraphIndex, apply_catalog_update, load_index
+from .join import GraphJoin, JoinSettings
 from .pipeline import Record, process_batch
-from .ranking import ModelWatcher
+from .ranking import GraphRanker, ModelWatcher, Ranker, known_items
 from .topology import Topology
 
 log = logging.getLogger("streamrec.worker")
@@ -38,6 +41,7 @@ class WorkerSettings:
     bootstrap: str
     model_path: Path
     data_dir: Path
+    graph_path: Path | None = None
     # Static group membership (KIP-345): a worker restarted with the same id takes its
     # old place in the group at once instead of waiting for the broker to expire it.
     instance_id: str | None = None
@@ -94,7 +98,18 @@ def create_app(settings: WorkerSettings) -> faust.App:
     # Tables take their codec from key/value *types* (json for non-models); our state is
     # already orjson bytes, so store and changelog them as they are.
     sessions.key_serializer = sessions.value_serializer = "raw"
-    models = ModelWatcher(settings.model_path, top_k=spec.top_k)
+    index = load_index(settings.graph_path) if settings.graph_path else GraphIndex()
+    models = ModelWatcher(settings.model_path, top_k=spec.top_k, wrap=_joiner(topo, index))
+    if topo.join.enabled:
+        log.info("graph join on: graph %s, %d items", index.version, len(index.titles))
+
+    @app.task
+    async def follow_catalog() -> None:
+        """Every worker applies every catalog change (an agent would share the topic's
+        partitions across the group), from the start of the compacted topic, in order;
+        a change is live for the next batch. Bad messages are dead-lettered."""
+        await read_catalog(app, topo, settings.bootstrap, index)
+
     log.info(
         "ranking with model %s from %s; group instance id %s",
         models.ranker.version,
@@ -150,6 +165,72 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 )
 
     return app
+
+
+def _joiner(topo: Topology, index: GraphIndex):
+    """Wrap each loaded model with the graph join (or not, per the topology)."""
+    j = topo.join
+    if not j.enabled:
+        return None
+    settings = JoinSettings(
+        top_k=topo.worker.top_k,
+        short_history=j.short_history,
+        attribute=j.attribute,
+        max_per_value=j.max_per_value,
+    )
+
+    def wrap(base: Ranker) -> Ranker:
+        base.top_k = max(base.top_k, j.candidates)
+        if hasattr(base, "fallback"):
+            base.fallback.top_k = base.top_k
+        return GraphRanker(base, GraphJoin(index, settings, known=known_items(base)))
+
+    return wrap
+
+
+async def read_catalog(app: faust.App, topo: Topology, bootstrap: str, index: GraphIndex) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topo.catalog.name) or set()
+        tps = [TopicPartition(topo.catalog.name, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        applied = 0
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=1000)
+            for tp, messages in batches.items():
+                for msg in messages:
+                    try:
+                        apply_catalog_update(index, decode_catalog(msg.value))
+                        applied += 1
+                    except Rejected as err:
+                        await app.producer.send(
+                            topo.dead_letter.name,
+                            msg.key,
+                            encode_dead_letter(
+                                error=err,
+                                topic=tp.topic,
+                                partition=tp.partition,
+                                offset=msg.offset,
+                                key=msg.key,
+                                value=msg.value,
+                            ),
+                            None,
+                            None,
+                            None,
+                        )
+            if batches:
+                log.info("catalog: %d changes applied so far", applied)
+    finally:
+        await consumer.stop()
 
 
 def default_instance_id(data_dir: Path) -> str:

@@ -134,6 +134,14 @@ def worker(
             "restarts (e.g. the pod name) so a restarted worker rejoins at once.",
         ),
     ] = None,
+    graph: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="STREAMREC_GRAPH",
+            help="Knowledge graph directory (`streamrec graph build`); "
+            "live catalog updates apply on top.",
+        ),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run a streamrec worker (a Faust worker): events in, recommendations out."""
@@ -154,6 +162,7 @@ def worker(
             model,
             data_dir,
             instance_id or default_instance_id(data_dir),
+            graph_path=graph,
         ),
         loglevel,
     )
@@ -487,6 +496,82 @@ def demo(
     raise typer.Exit(
         run_demo(workdir, stream_events=events, rate=rate, show_per_s=show, epochs=epochs)
     )
+
+
+graph_app = typer.Typer(help="The item knowledge graph.", no_args_is_help=True)
+app.add_typer(graph_app, name="graph")
+catalog_app = typer.Typer(help="Catalog updates (the catalog topic).", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@graph_app.command("build")
+def graph_build(
+    catalog: Annotated[Path, typer.Option(help="Catalog JSONL (streamrec import).")],
+    out: Annotated[Path, typer.Option(help="Graph directory to write.")],
+    events: Annotated[
+        Path | None, typer.Option(help="Event log, for co-consumed/co-bought edges.")
+    ] = None,
+    kg: Annotated[
+        Path | None,
+        typer.Option(
+            help="Knowledge-graph triples JSONL (kg.jsonl); default: kg.jsonl beside the catalog."
+        ),
+    ] = None,
+) -> None:
+    """Build the NetworkX knowledge graph and save it as node-link JSON."""
+    from .baseline import file_sha256
+    from .datasets import read_jsonl, training_events
+    from .graph import build_graph, save_graph
+
+    for p in (catalog, events, kg):
+        if p is not None and not p.is_file():
+            raise _fail(f"no such file: {p}")
+    kg = kg or (catalog.parent / "kg.jsonl" if (catalog.parent / "kg.jsonl").is_file() else None)
+    started = time.perf_counter()
+    g = build_graph(
+        read_jsonl(catalog),
+        events=training_events(events) if events else (),
+        triples=read_jsonl(kg) if kg else (),
+    )
+    sources = {str(p): file_sha256(p) for p in (catalog, events, kg) if p}
+    save_graph(g, out, sources)
+    meta = json.loads((out / "metadata.json").read_text())
+    console.print(f"built {meta['version']} in {time.perf_counter() - started:.1f}s -> {out}")
+    summ = meta["summary"]
+    print(
+        f"nodes: {summ['n_nodes']:,}  " + ", ".join(f"{k} {v:,}" for k, v in summ["nodes"].items())
+    )
+    print(
+        f"edges: {summ['n_edges']:,}  " + ", ".join(f"{k} {v:,}" for k, v in summ["edges"].items())
+    )
+
+
+@catalog_app.command("publish")
+def catalog_publish(
+    source: Annotated[
+        Path, typer.Argument(help="Catalog JSONL (one update per line); - for stdin.")
+    ],
+    bootstrap: Bootstrap = None,
+    topology: TopologyOpt = None,
+) -> None:
+    """Send catalog updates (validated, keyed by item_id) to the catalog topic."""
+    from .events import Rejected, decode_catalog
+    from .replay import EventSender
+
+    topo = _topology(topology)
+    lines = sys.stdin.buffer if str(source) == "-" else source.open("rb")
+    sender = EventSender(topo.catalog.name, bootstrap)
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = decode_catalog(line.strip())
+        except Rejected as exc:
+            sender.reject(f"line {n}: {exc.message}")
+            console.print(f"[yellow]rejected line {n}: {exc.message}[/]")
+            continue
+        sender.send(line.strip(), doc["item_id"].encode())
+    print(json.dumps(sender.close().to_dict()))
 
 
 def main() -> None:

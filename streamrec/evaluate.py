@@ -162,6 +162,8 @@ def evaluate_stream(
     workdir: Path,
     bootstrap: str | None = None,
     progress: Callable[[str], None] = print,
+    join: bool = False,
+    graph: Path | None = None,
 ) -> dict[str, dict[str, float]]:
     """The same split through the live pipeline: every event but each user's last is
     replayed through a real broker and worker; the list published in answer to a user's
@@ -192,7 +194,11 @@ def evaluate_stream(
     longest = max(len(s) for s in per_user.values())
     topo = load_topology().namespaced(f"eval{int(time.time())}")
     # The session window holds whole histories so "seen" items are masked as offline.
-    topo = replace(topo, worker=replace(topo.worker, session_length=max(50, longest), top_k=20))
+    topo = replace(
+        topo,
+        worker=replace(topo.worker, session_length=max(50, longest), top_k=20),
+        join=replace(topo.join, enabled=join),
+    )
     topo_file = topo.dump(workdir / "topology.yaml")
     broker = None if bootstrap else EmbeddedBroker(log=workdir / "broker.log")
     worker = None
@@ -205,6 +211,7 @@ def evaluate_stream(
             bootstrap=address,
             topology=topo_file,
             log=workdir / "worker.log",
+            graph=graph if join else None,
         )
         sent = replay(log_path, topo.events.name, bootstrap=address)
         progress(f"replayed {sent.sent:,} events in {sent.elapsed_s:.1f}s; collecting answers")
@@ -233,3 +240,62 @@ def evaluate_stream(
             elif eid in answers:
                 nxt.add(answers[eid], next_item)
     return {"stream leave-one-out": loo.summary(), "stream next-event": nxt.summary()}
+
+
+def evaluate_join(
+    events: str | Path, model_dir: str | Path, graph_dir: str | Path, top_k: int = 10
+) -> dict[str, dict[str, float]]:
+    """The served ranker with the graph join off and on, same split, same run: accuracy,
+    catalog coverage, intra-list diversity, and the cold-start slices (users seen with
+    only their first two events; test items the model never saw in training)."""
+    from .graph import load_index
+    from .join import GraphJoin, JoinSettings
+    from .ranking import GraphRanker, RankRequest, known_items, load_ranker
+    from .state import SessionState
+
+    seqs = load_sequences(events)
+    split = leave_one_out(seqs)
+    index = load_index(graph_dir)
+    base = load_ranker(model_dir, top_k=50)
+    joined = GraphRanker(base, GraphJoin(index, JoinSettings(top_k=top_k), known=known_items(base)))
+    trained = {e[0] for s in split.train.values() for e in s}
+    slices = {
+        "all users": list(split.test.values()),
+        "cold users (2 events)": [(s[:2], s[2][0]) for s in seqs.values() if len(s) >= 3],
+        "cold items (unseen in training)": [c for c in split.test.values() if c[1] not in trained],
+    }
+
+    def genre(item: str) -> str | None:
+        return next(
+            (t for t in index.item_links.get(item, {}) if t.startswith("attr:genre:")), None
+        )
+
+    out: dict[str, dict[str, float]] = {}
+    for name, cases in slices.items():
+        for label, ranker in (("join off", base), ("join on", joined)):
+            m, shown, ild = Metrics(ks=(10,)), set(), []
+            for start in range(0, len(cases), 256):
+                part = cases[start : start + 256]
+                reqs = [
+                    RankRequest(
+                        f"u{n}",
+                        SessionState(
+                            entries=[[i, t, ts, f"e{k}"] for k, (i, t, ts) in enumerate(h)],
+                            n_events=len(h),
+                        ),
+                    )
+                    for n, (h, _) in enumerate(part)
+                ]
+                for items, (_, target) in zip(ranker.rank_batch(reqs).items, part, strict=True):
+                    ids = [i["item_id"] for i in items[:top_k]]
+                    m.add(ids, target)
+                    shown.update(ids)
+                    gs = [genre(i) for i in ids]
+                    pairs = [(a, b) for x, a in enumerate(gs) for b in gs[x + 1 :]]
+                    if pairs:
+                        ild.append(sum(a != b or a is None for a, b in pairs) / len(pairs))
+            res = m.summary()
+            res["coverage"] = round(len(shown) / max(1, len(index.titles)), 4)
+            res["diversity"] = round(sum(ild) / max(1, len(ild)), 4)
+            out[f"{name}: {label}"] = res
+    return out

@@ -107,6 +107,21 @@ def decode_event(
     )
 
 
+def decode_catalog(data: bytes | None) -> dict[str, Any]:
+    """A catalog update (schemas/catalog.schema.json), or raise :class:`Rejected`."""
+    try:
+        doc = orjson.loads(data or b"")
+    except orjson.JSONDecodeError as exc:
+        raise Rejected("not_json", f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Rejected("schema", "a catalog update must be a JSON object")
+    try:
+        validator("catalog")(doc)
+    except fastjsonschema.JsonSchemaException as exc:
+        raise Rejected("schema", f"schema violation: {exc.message}") from None
+    return doc
+
+
 def encode_event(event: dict[str, Any]) -> bytes:
     """Validate and encode an event dict (used by producers); raises :class:`Rejected`."""
     try:

@@ -18,6 +18,7 @@ def start_worker(
     topology: Path | None = None,
     log: Path | None = None,
     env: dict[str, str] | None = None,
+    graph: Path | None = None,
 ) -> subprocess.Popen:
     """``streamrec worker`` in its own process group, output to ``log``."""
     cmd = [
@@ -34,6 +35,8 @@ def start_worker(
     ]
     if topology is not None:
         cmd += ["--topology", str(topology)]
+    if graph is not None:
+        cmd += ["--graph", str(graph)]
     out = log.open("ab") if log else subprocess.DEVNULL
     try:
         return subprocess.Popen(

@@ -20,7 +20,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -189,6 +189,32 @@ class SequentialRanker(Ranker):
         return items
 
 
+class GraphRanker:
+    """A base ranker's candidates joined with the knowledge graph (join.py)."""
+
+    def __init__(self, base: Ranker, join: Any) -> None:
+        self.base, self.join = base, join
+        self.version = base.version
+        self.top_k = join.s.top_k
+
+    def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
+        result = self.base.rank_batch(requests)
+        items = [
+            self.join.join(req.state, cands)
+            for req, cands in zip(requests, result.items, strict=True)
+        ]
+        return RankResult(items, result.model_states)
+
+
+def known_items(ranker: Ranker) -> set[str]:
+    """Items the ranker's model can score (the rest are cold for it)."""
+    if isinstance(ranker, SequentialRanker):
+        return set(ranker.model.items)
+    if isinstance(ranker, CooccurrenceRanker):
+        return set(ranker.model.item_ids)
+    return set()
+
+
 def resolve_model_dir(path: str | Path) -> Path:
     """A models root with a ``CURRENT`` file -> the version it names; else ``path``."""
     path = Path(path)
@@ -228,10 +254,17 @@ class ModelWatcher:
     """Checks ``path`` (every ``interval`` s, between batches) for a new active version
     and loads it; a version that fails to load is refused and the running one stays."""
 
-    def __init__(self, path: str | Path, top_k: int, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        top_k: int,
+        interval: float = 2.0,
+        wrap: Callable[[Ranker], Ranker] | None = None,
+    ) -> None:
         self.path, self.top_k, self.interval = Path(path), top_k, interval
+        self.wrap = wrap or (lambda r: r)
         self.current_dir = resolve_model_dir(self.path)
-        self.ranker = load_ranker(self.path, top_k)
+        self.ranker = self.wrap(load_ranker(self.path, top_k))
         self._next_check = time.monotonic() + interval
         self.refused: set[tuple[Path, float]] = set()
 
@@ -253,7 +286,7 @@ class ModelWatcher:
         if stamp in self.refused:
             return self.ranker  # refused already; tried again once its files change
         try:
-            ranker = load_ranker(target, self.top_k)
+            ranker = self.wrap(load_ranker(target, self.top_k))
         except Exception as exc:
             self.refused.add(stamp)
             log.error("refusing model %s: %s; still serving %s", target, exc, self.ranker.version)

@@ -38,12 +38,25 @@ class WorkerSpec:
 
 
 @dataclass(frozen=True)
+class JoinSpec:
+    """The knowledge-graph join (join.py): candidates asked of the model, when to
+    expand from the graph, and the diversity rule."""
+
+    enabled: bool = True
+    candidates: int = 50
+    short_history: int = 2
+    attribute: str = "genre"
+    max_per_value: int = 4
+
+
+@dataclass(frozen=True)
 class Topology:
     app_id: str
     topics: dict[str, TopicSpec]
     sessions_table: str
     sessions_config: dict[str, str]
     worker: WorkerSpec
+    join: JoinSpec = field(default_factory=JoinSpec)
     source: str = "<memory>"
 
     @property
@@ -91,6 +104,7 @@ class Topology:
             },
             "tables": {"sessions": {"name": self.sessions_table, "config": self.sessions_config}},
             "worker": self.worker.__dict__.copy(),
+            "join": self.join.__dict__.copy(),
         }
 
     def dump(self, path: Path) -> Path:
@@ -139,7 +153,17 @@ def parse_topology(doc: Any, source: str = "<memory>") -> Topology:
     worker = WorkerSpec(
         **{k: _positive_int(v, f"{source}: worker.{k}") for k, v in worker_doc.items()}
     )
+    join_doc = doc.get("join") or {}
+    bad = sorted(set(join_doc) - set(JoinSpec.__dataclass_fields__))
+    if bad:
+        raise TopologyError(f"{source}: unknown join settings {bad}")
+    join = JoinSpec(**join_doc)
+    for name in ("candidates", "max_per_value"):
+        _positive_int(getattr(join, name), f"{source}: join.{name}")
+    if not isinstance(join.short_history, int) or join.short_history < 0:
+        raise TopologyError(f"{source}: join.short_history must be an integer >= 0")
     return Topology(
+        join=join,
         app_id=app_id,
         topics=topics,
         sessions_table=str(sessions.get("name", "sessions")),
