@@ -161,7 +161,7 @@ def worker(
             bootstrap_servers(bootstrap),
             model,
             data_dir,
-            instance_id or default_instance_id(data_dir),
+            instance_id=instance_id or default_instance_id(data_dir),
             graph_path=graph,
         ),
         loglevel,

@@ -242,8 +242,10 @@ class GraphIndex:
     value_items: dict[str, list[str]] = field(default_factory=dict)
     value_degree: Counter = field(default_factory=Counter)
     co_items: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
+    co_relation: dict[str, dict[str, str]] = field(default_factory=dict)  # item -> {other: rel}
     popularity: Counter = field(default_factory=Counter)
     version: str = "none"
+    generation: int = 0  # bumped by every catalog update (lets readers cache safely)
 
     @classmethod
     def from_graph(cls, g: nx.MultiDiGraph, version: str = "none", **caps: int) -> GraphIndex:
@@ -265,6 +267,7 @@ class GraphIndex:
                 elif RELATION_WEIGHT.get(rel, 0.0) > 0:
                     links[item][target] = rel
             idx.co_items[item] = sorted(co, key=lambda x: -x[2])[: idx.degree_cap]
+            idx.co_relation[item] = {other: rel for other, rel, _ in idx.co_items[item]}
         for item, targets in links.items():
             idx._set_links(item, targets)
         idx._rebuild_values()
@@ -301,6 +304,7 @@ def load_index(path: str | Path, **caps: int) -> GraphIndex:
 def apply_catalog_update(index: GraphIndex, row: dict[str, Any]) -> None:
     """A catalog message (schemas/catalog.schema.json) applied to the live index."""
     item = row["item_id"]
+    index.generation += 1
     if row.get("op") == "delete":
         index.unavailable.add(item)
         for target in index.item_links.pop(item, {}):

@@ -45,6 +45,8 @@ class GraphJoin:
         self.index = index
         self.s = settings or JoinSettings()
         self.known = known  # items the model can score
+        self._primary_cache: dict[str, str | None] = {}
+        self._cache_generation = index.generation
 
     def join(self, state: SessionState, candidates: list[dict[str, Any]]) -> list[dict]:
         idx, s = self.index, self.s
@@ -57,7 +59,10 @@ class GraphJoin:
         cold_item = bool(recent) and recent[-1][0] not in self.known
         known_items = sum(1 for i, _ in history if i in self.known)
         if known_items <= s.short_history or cold_item:
-            ranked = self._blend(ranked, self._expand(recent, seen | blocked))
+            # Nothing the model knows (or the latest item is new to it): the model's list
+            # is popularity, and the graph leads. Otherwise the model leads.
+            graph_leads = known_items == 0 or cold_item
+            ranked = self._blend(ranked, self._expand(recent, seen | blocked), graph_leads)
         chosen = self._diversify(ranked)
         return [self._explain(c, recent) for c in chosen]
 
@@ -79,13 +84,16 @@ class GraphJoin:
             for i, sc in scores.most_common(5 * self.s.top_k)
         ]
 
-    def _blend(self, model: list[dict], graph: list[dict]) -> list[dict]:
-        """Rank-based blend (scores of different models are not comparable)."""
+    def _blend(self, model: list[dict], graph: list[dict], graph_leads: bool) -> list[dict]:
+        """Rank-based blend (scores of different models are not comparable). The side
+        that does not lead counts ``graph_weight`` (measured on ML-100K: a model that
+        knows a user's items ranks better even for 2-event users; the graph adds reach)."""
         merged: dict[str, tuple[float, dict]] = {}
-        # With a model answer to lean on, graph candidates count for less (measured on
-        # ML-100K: the model ranks better even for 2-event users; the graph adds reach).
-        graph_weight = 1.0 if not model else self.s.graph_weight
-        for source, weight in ((graph, graph_weight), (model, 1.0)):
+        w = self.s.graph_weight
+        for source, weight in (
+            (graph, 1.0 if graph_leads else w),
+            (model, w if graph_leads else 1.0),
+        ):
             for rank, c in enumerate(source):
                 points = weight / (rank + 1)
                 old = merged.get(c["item_id"])
@@ -93,11 +101,18 @@ class GraphJoin:
         return [c for _, c in sorted(merged.values(), key=lambda x: -x[0])]
 
     def _primary(self, item: str) -> str | None:
+        """The item's first value of the diversity attribute (cached per generation)."""
+        if self._cache_generation != self.index.generation:
+            self._primary_cache.clear()
+            self._cache_generation = self.index.generation
+        try:
+            return self._primary_cache[item]
+        except KeyError:
+            pass
         prefix = f"attr:{self.s.attribute}:"
-        for target in self.index.item_links.get(item, {}):
-            if target.startswith(prefix):
-                return target
-        return None
+        found = next((t for t in self.index.item_links.get(item, {}) if t.startswith(prefix)), None)
+        self._primary_cache[item] = found
+        return found
 
     def _diversify(self, ranked: list[dict]) -> list[dict]:
         out, spill, per_value = [], [], Counter()
@@ -116,25 +131,32 @@ class GraphJoin:
         idx = self.index
         item = cand["item_id"]
         links = idx.item_links.get(item, {})
-        best: tuple[float, str] | None = None
-        co = {other: rel for other, rel, _ in idx.co_items.get(item, ())}
-        for age, (h, htype) in enumerate(reversed(recent)):
-            title, verb = idx.title(h), PAST_TENSE.get(htype, "interacted with")
+        best: tuple[float, str, str, str] | None = None  # weight, template, value, recent item
+        co = idx.co_relation.get(item, {})
+        for age, (h, _) in enumerate(reversed(recent)):
             decay = 0.9**age
-            for target in links.keys() & idx.item_links.get(h, {}).keys():
-                rel = links[target]
-                text = REASON_TEXT.get(rel)
-                if text is None:
-                    continue
-                value = target.split(":", 2)[-1]
-                weight = decay * RELATION_WEIGHT[rel] * idx.specificity(target)
-                if best is None or weight > best[0]:
-                    best = (weight, text.format(t=title, v=value) + f", which you {verb}")
-            if h in co:
-                phrase = "often bought with" if co[h] == "co_bought" else "often chosen with"
-                weight = decay * 1.5
-                if best is None or weight > best[0]:
-                    best = (weight, f'{phrase} "{title}", which you {verb}')
+            h_links = idx.item_links.get(h)
+            if h_links:
+                for target in links.keys() & h_links.keys():
+                    rel = links[target]
+                    text = REASON_TEXT.get(rel)
+                    if text is not None:
+                        weight = decay * RELATION_WEIGHT[rel] * idx.specificity(target)
+                        if best is None or weight > best[0]:
+                            best = (weight, text, target.split(":", 2)[-1], h)
+            rel = co.get(h)
+            if rel is not None and (best is None or decay * 1.5 > best[0]):
+                phrase = "often bought with" if rel == "co_bought" else "often chosen with"
+                best = (decay * 1.5, phrase + ' "{t}"', "", h)
+        if best is not None:  # format only the winner
+            htype = next(t for i, t in reversed(recent) if i == best[3])
+            verb = PAST_TENSE.get(htype, "interacted with")
+            best = (
+                best[0],
+                best[1].format(t=idx.title(best[3]), v=best[2]) + f", which you {verb}",
+                "",
+                "",
+            )
         reasons = list(cand.get("reasons") or [])
         if best is not None:
             reasons.insert(0, best[1])

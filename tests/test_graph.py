@@ -1,0 +1,223 @@
+"""Knowledge graph build, save/load, the capped index, live catalog updates and the join."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamrec.graph import (
+    GraphIndex,
+    apply_catalog_update,
+    build_graph,
+    load_graph,
+    load_index,
+    save_graph,
+    summary,
+)
+from streamrec.join import GraphJoin, JoinSettings
+from streamrec.state import SessionState
+
+CATALOG = [
+    {
+        "item_id": "1",
+        "title": "Toy Story",
+        "attributes": {"genre": ["Animation", "Comedy"], "year": 1995},
+        "entity_id": "m.toy",
+    },
+    {
+        "item_id": "2",
+        "title": "A Bug's Life",
+        "attributes": {"genre": ["Animation"]},
+        "entity_id": "m.bug",
+    },
+    {"item_id": "3", "title": "Heat", "attributes": {"genre": ["Action"]}, "entity_id": "m.heat"},
+    {"item_id": "4", "title": "Ronin", "attributes": {"genre": ["Action"]}},
+    {"item_id": "5", "title": "Cars", "attributes": {"genre": ["Animation"]}, "available": False},
+]
+TRIPLES = [
+    {"head": "m.toy", "relation": "film.film.directed_by", "tail": "m.lasseter"},
+    {"head": "m.lasseter", "relation": "film.director.film", "tail": "m.toy"},
+    {"head": "m.bug", "relation": "film.film.directed_by", "tail": "m.lasseter"},
+    {"head": "m.heat", "relation": "film.film.country", "tail": "m.usa"},
+]
+EVENTS = [
+    ("u1", "3", "purchase", 1),
+    ("u1", "4", "purchase", 2),
+    ("u2", "3", "purchase", 1),
+    ("u2", "4", "purchase", 2),
+]
+
+
+def view(item: str, etype: str = "rating", n: int = 0) -> list:
+    return [item, etype, n, f"e{n}"]
+
+
+@pytest.fixture
+def index() -> GraphIndex:
+    return GraphIndex.from_graph(build_graph(CATALOG, events=EVENTS, triples=TRIPLES), "g1")
+
+
+def test_build_has_typed_nodes_and_edges(tmp_path: Path) -> None:
+    g = build_graph(CATALOG, events=EVENTS, triples=TRIPLES)
+    s = summary(g)
+    assert s["nodes"] == {"item": 5, "attribute": 4, "entity": 5}
+    assert s["edges"]["director"] == 2  # a triple and its inverse make one edge per film
+    assert s["edges"]["co_bought"] == 2 and s["edges"]["genre"] == 6
+    assert g.has_edge("item:1", "ent:m.lasseter") and g.has_edge("item:3", "item:4")
+    save_graph(g, tmp_path, {"catalog": "x"})
+    back, meta = load_graph(tmp_path)
+    assert summary(back) == s and meta["summary"] == s
+    (tmp_path / "graph.json").write_text("{}")
+    with pytest.raises(ValueError, match="hash"):
+        load_graph(tmp_path)
+
+
+def test_index_is_capped_and_skips_uninformative_relations(index: GraphIndex) -> None:
+    assert "ent:m.usa" not in index.item_links["3"]  # country says nothing
+    assert index.item_links["1"]["ent:m.lasseter"] == "director"
+    assert index.unavailable == {"5"}
+    small = GraphIndex.from_graph(build_graph(CATALOG, triples=TRIPLES), degree_cap=1)
+    assert all(len(v) <= 1 for v in small.item_links.values())
+
+
+def test_join_filters_diversifies_and_explains(index: GraphIndex) -> None:
+    join = GraphJoin(
+        index,
+        JoinSettings(top_k=3, max_per_value=1, short_history=0),
+        known={"1", "2", "3", "4", "5"},
+    )
+    state = SessionState(entries=[view("1"), view("4", "purchase", 1)], n_events=2)
+    cands = [{"item_id": i, "score": 1.0, "reasons": ["model"]} for i in ("5", "4", "2", "3")]
+    out = join.join(state, cands)
+    ids = [c["item_id"] for c in out]
+    assert "5" not in ids and "4" not in ids  # unavailable, bought
+    assert ids == ["2", "3"]
+    assert out[0]["reasons"][0] == 'same director as "Toy Story", which you rated'
+    assert out[1]["reasons"][0].startswith('often bought with "Ronin"')
+    # diversity: Bug's Life and Cars share Animation; at most one per genre value
+    join2 = GraphJoin(index, JoinSettings(top_k=2, max_per_value=1, short_history=0), known=set())
+    many = [{"item_id": i, "score": 1.0, "reasons": ["m"]} for i in ("2", "1", "3")]
+    assert [c["item_id"] for c in join2.join(SessionState(), many)] == ["2", "3"]
+
+
+def test_new_item_gets_candidates_from_the_graph(index: GraphIndex) -> None:
+    apply_catalog_update(
+        index, {"item_id": "9", "title": "Brand New", "attributes": {"genre": ["Action"]}}
+    )
+    join = GraphJoin(index, JoinSettings(top_k=3), known={"1", "2", "3", "4"})
+    state = SessionState(entries=[view("9", "view")], n_events=1)  # no model knows item 9
+    out = join.join(state, [])
+    assert {c["item_id"] for c in out} == {"3", "4"}
+    assert all("Brand New" in c["reasons"][0] for c in out)
+    # ...and a user who likes Heat now sees the new item through its genre.
+    out = join.join(SessionState(entries=[view("3")], n_events=1), [])
+    assert "9" in [c["item_id"] for c in out]
+
+
+def test_catalog_updates_replayed_rebuild_the_same_index() -> None:
+    live = GraphIndex()
+    for row in CATALOG:
+        apply_catalog_update(live, row)
+    apply_catalog_update(live, {"item_id": "5", "available": True})
+    apply_catalog_update(live, {"item_id": "2", "attributes": {"genre": ["Comedy"]}})
+    apply_catalog_update(live, {"item_id": "4", "op": "delete"})
+    final = [dict(r) for r in CATALOG if r["item_id"] != "4"]
+    final[3]["available"] = True  # item 5
+    final[1]["attributes"] = {"genre": ["Comedy"]}
+    rebuilt = GraphIndex.from_graph(build_graph(final))
+    assert live.item_links == rebuilt.item_links
+    assert {i for i in live.unavailable if i != "4"} == rebuilt.unavailable
+    assert "4" in live.unavailable  # deleted: never recommended again
+    assert {k: sorted(v) for k, v in live.value_items.items() if v} == {
+        k: sorted(v) for k, v in rebuilt.value_items.items() if v
+    }
+
+
+def test_load_index_from_saved_graph(tmp_path: Path) -> None:
+    save_graph(build_graph(CATALOG, triples=TRIPLES), tmp_path, {})
+    idx = load_index(tmp_path)
+    assert idx.version.startswith("graph-") and idx.title("1") == "Toy Story"
+
+
+@pytest.mark.broker
+def test_catalog_updates_change_the_next_recommendations(
+    broker: str, small_model: Path, topology, tmp_path: Path
+) -> None:
+    """Through a real broker and worker: an item made unavailable disappears, and a
+    brand-new item no model knows gets graph candidates for the user who views it."""
+    import time
+
+    import orjson
+    from confluent_kafka import Producer
+
+    from streamrec.config import producer_config
+    from streamrec.datasets import generate_log
+    from streamrec.procs import start_worker, stop_process
+
+    from .helpers import Collector
+
+    topo, topo_file = topology
+    _, catalog = generate_log(users=150, items=200, events_per_user=20, seed=3)
+    save_graph(build_graph(catalog), tmp_path / "graph", {})
+    producer = Producer(producer_config(broker))
+    recs = Collector(topo.recommendations.name, broker)
+    recs.start()
+    log = tmp_path / "worker.log"
+    worker = start_worker(
+        model=small_model,
+        data_dir=tmp_path / "state",
+        bootstrap=broker,
+        topology=topo_file,
+        log=log,
+        graph=tmp_path / "graph",
+    )
+    sent = 0
+
+    def ask(user: str, item: str) -> dict:
+        nonlocal sent
+        sent += 1
+        event = {
+            "event_id": f"c{sent}",
+            "user_id": user,
+            "item_id": item,
+            "event_type": "view",
+            "timestamp": 1_700_000_000_000 + sent,
+        }
+        producer.produce(topo.events.name, orjson.dumps(event), user.encode())
+        producer.flush(10)
+        assert recs.wait_count(sent, 60), f"no answer to c{sent}; see {log}"
+        return next(d for d in recs.docs if d["event_id"] == f"c{sent}")
+
+    def publish(update: dict) -> None:
+        producer.produce(topo.catalog.name, orjson.dumps(update), update["item_id"].encode())
+        producer.flush(10)
+
+    try:
+        first = ask("ua", "i5")
+        top = first["items"][0]["item_id"]
+        publish({"item_id": top, "available": False})
+        deadline = time.monotonic() + 20
+        while top in [i["item_id"] for i in ask("ua", "i5")["items"]]:
+            assert time.monotonic() < deadline, "unavailable item still recommended"
+        for _ in range(3):  # and it stays out
+            assert top not in [i["item_id"] for i in ask("ua", "i5")["items"]]
+
+        publish(
+            {
+                "item_id": "fresh-1",
+                "title": "Fresh Arrival",
+                "attributes": {"category": "c7", "brand": "b3"},
+            }
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            doc = ask(f"new-user-{sent}", "fresh-1")
+            if any("Fresh Arrival" in r for i in doc["items"] for r in i["reasons"]):
+                break
+            assert time.monotonic() < deadline, "new item never got graph candidates"
+        cats = {f"i{n}" for n in range(70, 80)}  # category c7 in the generated catalog
+        assert len(cats & {i["item_id"] for i in doc["items"]}) >= 5
+    finally:
+        assert stop_process(worker) == 0
+        recs.close()
