@@ -441,15 +441,20 @@ def evaluate(
             help="Also replay the split through a live broker + worker and score what it publishes."
         ),
     ] = False,
+    graph: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also evaluate the knowledge-graph join off vs on with this graph: accuracy, "
+            "catalog coverage, intra-list diversity, cold-start slices."
+        ),
+    ] = None,
     bootstrap: Bootstrap = None,
     workdir: Annotated[Path, typer.Option(help="Scratch space for --stream.")] = Path(
         ".streamrec/evaluate"
     ),
 ) -> None:
     """Leave-one-out, full-ranking NDCG@10/20 and HR@10/20: model vs baselines."""
-    from rich.table import Table
-
-    from .evaluate import evaluate_offline, evaluate_stream
+    from .evaluate import evaluate_join, evaluate_offline, evaluate_stream
 
     if not events.is_file():
         raise _fail(f"no such log: {events}")
@@ -461,18 +466,35 @@ def evaluate(
                 events, model, workdir, bootstrap, progress=lambda line: console.print(line)
             )
         )
-    table = Table(title=f"{events.name}: leave-one-out, full ranking, seen items masked")
-    cols = ["users", "NDCG@10", "HR@10", "NDCG@20", "HR@20"]
-    table.add_column("recommender")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for name, m in results.items():
-        table.add_row(name, *(f"{m[c]:.4f}" if c != "users" else f"{m[c]:,}" for c in cols))
-    Console().print(table)
+    _print_table(
+        f"{events.name}: leave-one-out, full ranking, seen items masked",
+        results,
+        ["users", "NDCG@10", "HR@10", "NDCG@20", "HR@20"],
+    )
+    if graph is not None:
+        joined = evaluate_join(events, model, graph)
+        _print_table(
+            f"{events.name}: the knowledge-graph join off vs on",
+            joined,
+            ["users", "NDCG@10", "HR@10", "coverage", "diversity"],
+        )
+        results.update({f"join | {k}": v for k, v in joined.items()})
     console.print(f"evaluated in {time.perf_counter() - started:.0f}s")
     if out:
         out.write_text(json.dumps(results, indent=2))
         console.print(f"wrote {out}")
+
+
+def _print_table(title: str, rows: dict[str, dict[str, float]], cols: list[str]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("recommender")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, m in rows.items():
+        table.add_row(name, *(f"{m[c]:,}" if c == "users" else f"{m[c]:.4f}" for c in cols))
+    Console().print(table)
 
 
 @app.command()

@@ -17,7 +17,15 @@ from rich.console import Console
 
 from .baseline import CooccurrenceModel
 from .broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
-from .datasets import fetch_ml100k, generate_log, import_dataset, read_jsonl, write_jsonl
+from .datasets import (
+    fetch_ml100k,
+    generate_log,
+    import_dataset,
+    read_jsonl,
+    training_events,
+    write_jsonl,
+)
+from .graph import build_graph, save_graph, summary
 from .procs import start_worker, stop_process
 from .replay import replay
 from .subscribe import consume, format_recommendation
@@ -89,6 +97,24 @@ def train_model(train: Path, titles: dict[str, str], root: Path, epochs: int) ->
     return version
 
 
+def build_demo_graph(catalog: Path, train: Path, out: Path) -> Path:
+    """Catalog attributes, the dataset's knowledge graph (kg.jsonl) if it has one, and
+    co-consumption edges from the training events."""
+    kg = catalog.parent / "kg.jsonl"
+    g = build_graph(
+        read_jsonl(catalog),
+        events=training_events(train),
+        triples=read_jsonl(kg) if kg.is_file() else (),
+    )
+    save_graph(g, out, {"catalog": str(catalog), "events": str(train)})
+    s = summary(g)
+    console.print(
+        f"[bold]graph:[/] {s['n_nodes']:,} nodes, {s['n_edges']:,} edges "
+        f"({', '.join(f'{k} {v:,}' for k, v in s['nodes'].items())})"
+    )
+    return out
+
+
 class Watcher(threading.Thread):
     """Counts recommendations and prints a few per second while the replay runs."""
 
@@ -151,6 +177,7 @@ def run_demo(
         train, stream, n_stream = split_log(events_path, workdir, stream_events)
         titles = {r["item_id"]: r.get("title", r["item_id"]) for r in read_jsonl(catalog_path)}
         model_dir = train_model(train, titles, workdir / "models", epochs)
+        graph_dir = build_demo_graph(catalog_path, train, workdir / "graph")
 
         broker = EmbeddedBroker(log=workdir / "broker.log")
         bootstrap = broker.start()
@@ -160,7 +187,11 @@ def run_demo(
 
         state_dir = Path(tempfile.mkdtemp(prefix="streamrec-demo-state-", dir=workdir))
         worker = start_worker(
-            model=model_dir, data_dir=state_dir, bootstrap=bootstrap, log=workdir / "worker.log"
+            model=model_dir,
+            data_dir=state_dir,
+            bootstrap=bootstrap,
+            log=workdir / "worker.log",
+            graph=graph_dir,
         )
         console.print(f"[bold]worker:[/] pid {worker.pid}, log in {workdir / 'worker.log'}")
         watcher = Watcher(topo, bootstrap, show_per_s)

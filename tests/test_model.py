@@ -223,3 +223,21 @@ def test_hot_swap_under_traffic_loses_and_repeats_nothing(
     assert set(versions) == {v1, v2}
     assert all(x == v1 for x in versions[:1500])
     print(f"\nhot swap: {versions.count(v1)} answers by {v1}, {versions.count(v2)} by {v2}")
+
+
+def test_join_evaluation_reports_both_sides(
+    planted_log: Path, models_root: Path, tmp_path: Path
+) -> None:
+    from streamrec.evaluate import evaluate_join
+    from streamrec.graph import build_graph, save_graph
+
+    _, catalog = generate_log(users=300, items=200, events_per_user=20, seed=21)
+    for row in catalog:  # a diversity attribute for the join to act on
+        row["attributes"]["genre"] = f"g{int(row['item_id'][1:]) % 3}"
+    save_graph(build_graph(catalog), tmp_path / "g", {})
+    out = evaluate_join(planted_log, v(models_root, 1), tmp_path / "g")
+    off, on = out["all users: join off"], out["all users: join on"]
+    assert off["users"] == on["users"] == 300
+    assert on["diversity"] > off["diversity"]
+    assert 0 < on["coverage"] <= 1 and on["NDCG@10"] > 0.1
+    assert "cold users (2 events): join on" in out
