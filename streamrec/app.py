@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ import faust
 from faust.streams import _current_event  # see _acting_for
 from faust.types import EventT
 
+from . import metrics
 from .events import Rejected, decode_catalog, encode_dead_letter
 from .graph import GraphIndex, apply_catalog_update, load_index
 from .join import GraphJoin, JoinSettings
@@ -42,6 +44,7 @@ class WorkerSettings:
     model_path: Path
     data_dir: Path
     graph_path: Path | None = None
+    metrics_port: int = 0
     # Static group membership (KIP-345): a worker restarted with the same id takes its
     # old place in the group at once instead of waiting for the broker to expire it.
     instance_id: str | None = None
@@ -98,6 +101,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
     # Tables take their codec from key/value *types* (json for non-models); our state is
     # already orjson bytes, so store and changelog them as they are.
     sessions.key_serializer = sessions.value_serializer = "raw"
+    metrics.serve(settings.metrics_port)
     index = load_index(settings.graph_path) if settings.graph_path else GraphIndex()
     models = ModelWatcher(settings.model_path, top_k=spec.top_k, wrap=_joiner(topo, index))
     if topo.join.enabled:
@@ -138,22 +142,27 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 for ev in batch
             ]
             # A new model version takes over between batches: none lost, none answered twice.
-            result = process_batch(records, load_state, models.poll(), spec)
+            ranker = models.poll()
+            t0 = time.perf_counter()
+            result = process_batch(records, load_state, ranker, spec)
+            t1 = time.perf_counter()
             for user, (value, rec) in result.state_writes.items():
                 with _acting_for(rec.source):
                     sessions[user.encode()] = value
+            t2 = time.perf_counter()
             pending = []
-            for key, value in result.recommendations:
-                pending.append(
-                    await producer.send(topo.recommendations.name, key, value, None, None, None)
-                )
-            for key, value in result.dead_letters:
-                pending.append(
-                    await producer.send(topo.dead_letter.name, key, value, None, None, None)
-                )
-            for key, value in result.rekeyed:
-                pending.append(await producer.send(topo.events.name, key, value, None, None, None))
+            for topic, messages in (
+                (topo.recommendations.name, result.recommendations),
+                (topo.dead_letter.name, result.dead_letters),
+                (topo.events.name, result.rekeyed),
+            ):
+                for key, value in messages:
+                    pending.append(await producer.send(topic, key, value, None, None, None))
             await asyncio.gather(*pending)
+            done = time.time()
+            metrics.record_batch(
+                result, records, ranker.version, t1 - t0, t2 - t1, time.perf_counter() - t2, done
+            )
             if result.invalid or result.redelivered or result.rekeyed:
                 log.info(
                     "batch of %d: %d answered, %d dead-lettered, %d redelivered, %d re-keyed",
@@ -211,6 +220,7 @@ async def read_catalog(app: faust.App, topo: Topology, bootstrap: str, index: Gr
                     try:
                         apply_catalog_update(index, decode_catalog(msg.value))
                         applied += 1
+                        metrics.CATALOG_UPDATES.inc()
                     except Rejected as err:
                         await app.producer.send(
                             topo.dead_letter.name,

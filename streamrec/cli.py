@@ -142,6 +142,13 @@ def worker(
             "live catalog updates apply on top.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar="STREAMREC_METRICS_PORT",
+            help="Prometheus metrics on this port (/metrics); 0 turns them off.",
+        ),
+    ] = 9108,
     loglevel: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run a streamrec worker (a Faust worker): events in, recommendations out."""
@@ -163,6 +170,7 @@ def worker(
             data_dir,
             instance_id=instance_id or default_instance_id(data_dir),
             graph_path=graph,
+            metrics_port=metrics_port,
         ),
         loglevel,
     )

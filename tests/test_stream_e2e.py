@@ -4,8 +4,10 @@ the worker SIGKILLed mid-replay and restarted."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,15 @@ def _finish(
     )
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SCRAPES: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def reference_run(broker: str, small_model: Path, tmp_path_factory) -> Run:
     """The uninterrupted run every other expectation is compared with."""
@@ -89,11 +100,21 @@ def reference_run(broker: str, small_model: Path, tmp_path_factory) -> Run:
     recs.start()
     dead.start()
     log = tmp / "worker.log"
+    port = free_port()
     worker = start_worker(
-        model=small_model, data_dir=tmp / "state", bootstrap=broker, topology=topo_file, log=log
+        model=small_model,
+        data_dir=tmp / "state",
+        bootstrap=broker,
+        topology=topo_file,
+        log=log,
+        env={"STREAMREC_METRICS_PORT": str(port)},
     )
     summary = replay(REPLAY_LOG, topo.events.name, bootstrap=broker)
     assert summary.failed == 0 and summary.rejected_locally == 0, summary.errors
+    recs.wait_count(len(contents.valid_ids), ANSWER_TIMEOUT)
+    dead.wait_count(len(contents.invalid), 30)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        SCRAPES.append(page.read().decode())
     return _finish(
         topo,
         broker,
@@ -105,6 +126,24 @@ def reference_run(broker: str, small_model: Path, tmp_path_factory) -> Run:
         len(contents.valid_ids),
         len(contents.invalid),
     )
+
+
+def test_worker_metrics_are_scraped(reference_run: Run) -> None:
+    """The worker's Prometheus endpoint counts what the reference run did."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(SCRAPES[-1]):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    contents = split_log()
+    assert values[("streamrec_events_total", (("outcome", "valid"),))] == len(contents.valid_ids)
+    assert values[("streamrec_events_total", (("outcome", "invalid"),))] == len(contents.invalid)
+    assert values[("streamrec_recommendations_total", ())] == len(contents.valid_ids)
+    assert values[("streamrec_batch_size_count", ())] > 0
+    assert values[("streamrec_stage_seconds_count", (("stage", "process"),))] > 0
+    assert values[("streamrec_event_to_recommendation_seconds_count", ())] >= 3000
+    assert any(name == "streamrec_model_info" and v == 1 for (name, _), v in values.items())
 
 
 def test_every_valid_event_answered_exactly_once(reference_run: Run) -> None:
