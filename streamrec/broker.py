@@ -221,5 +221,7 @@ def _wait_for_metadata(names: list[str], bootstrap: str | None, timeout: float =
     raise BrokerError(f"topics {names} not visible after {timeout}s")
 
 
-def create_topology_topics(topology: Topology, bootstrap: str | None = None) -> dict[str, str]:
-    return create_topics(topology.all_topics(), bootstrap)
+def create_topology_topics(
+    topology: Topology, bootstrap: str | None = None, replication: int = 1
+) -> dict[str, str]:
+    return create_topics(topology.all_topics(), bootstrap, replication)

@@ -85,11 +85,15 @@ def broker(
 
 
 @topics_app.command("create")
-def topics_create(bootstrap: Bootstrap = None, topology: TopologyOpt = None) -> None:
+def topics_create(
+    bootstrap: Bootstrap = None,
+    topology: TopologyOpt = None,
+    replication: Annotated[int, typer.Option(help="Replication factor (3 in production).")] = 1,
+) -> None:
     """Create every topic of the topology (idempotent)."""
     topo = _topology(topology)
     try:
-        result = broker_mod.create_topology_topics(topo, bootstrap)
+        result = broker_mod.create_topology_topics(topo, bootstrap, replication)
     except (broker_mod.BrokerError, Exception) as exc:
         raise _fail(str(exc)) from None
     specs = {s.name: s for s in topo.all_topics()}
