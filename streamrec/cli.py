@@ -497,6 +497,47 @@ def evaluate(
         console.print(f"wrote {out}")
 
 
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(help="Backlog events for the max-rate run.")] = 20000,
+    users: Annotated[int, typer.Option(help="Distinct users in the generated events.")] = 5000,
+    items: Annotated[int, typer.Option(help="Catalog size.")] = 3706,
+    load_seconds: Annotated[float, typer.Option(help="Seconds per offered-load step.")] = 5.0,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model for the worker (default: a co-occurrence model on generated data)."
+        ),
+    ] = None,
+    graph: Annotated[Path | None, typer.Option(help="Knowledge graph for the worker.")] = None,
+    systems: Annotated[
+        str, typer.Option(help="Comma-separated: raw,faust,worker.")
+    ] = "raw,faust,worker",
+    workdir: Annotated[Path, typer.Option(help="Output: bench.json, bench.png, logs.")] = Path(
+        ".streamrec/bench"
+    ),
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Throughput and latency: raw Kafka loop vs bare Faust vs the full worker."""
+    from .bench import BenchConfig, run_bench
+
+    chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
+    cfg = BenchConfig(
+        events=events,
+        users=users,
+        items=items,
+        load_seconds=load_seconds,
+        workdir=workdir,
+        bootstrap=bootstrap,
+        model=model,
+        graph=graph,
+        systems=chosen,
+    )
+    result = run_bench(cfg, progress=lambda line: console.print(line))
+    print(json.dumps({k: v for k, v in result.items() if k != "systems"}, indent=2))
+    console.print(f"wrote {workdir / 'bench.json'} and {workdir / 'bench.png'}")
+
+
 def _print_table(title: str, rows: dict[str, dict[str, float]], cols: list[str]) -> None:
     from rich.table import Table
 

@@ -1,0 +1,439 @@
+"""``streamrec bench``: the full worker against the practical limits, same broker, same run.
+
+Three systems consume the same generated events and publish one message per event:
+
+* ``raw``   — a plain confluent-kafka consume -> decode -> produce loop (the limit);
+* ``faust`` — a bare Faust pass-through agent (what the framework costs);
+* ``worker`` — the full streamrec worker (validation, state, model, graph, publish).
+
+For each: the maximum sustained rate (a backlog of events consumed as fast as possible,
+timed between the first and last output), then event->output latency percentiles at
+25 %, 50 % and 75 % of the worker's maximum, the worker's CPU and RSS, and for the worker
+the time per stage (from its Prometheus metrics). Writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from .baseline import CooccurrenceModel
+from .broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
+from .config import client_config, producer_config
+from .datasets import generate_log
+from .procs import start_worker, stop_process
+from .topology import Topology, load_topology
+
+SYSTEMS = ("raw", "faust", "worker")
+
+
+# -- the two reference systems, run as child processes --------------------------------
+def run_raw_loop(bootstrap: str, source: str, sink: str, group: str) -> None:
+    """(a) consume -> decode -> produce with confluent-kafka, batched both ways."""
+    consumer = Consumer(
+        client_config(
+            bootstrap,
+            **{"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": True},
+        )
+    )
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": 1}))
+    consumer.subscribe([source])
+    while True:
+        msgs = consumer.consume(1000, 0.05)
+        for m in msgs:
+            if m.error():
+                continue
+            doc = orjson.loads(m.value())
+            out = orjson.dumps(
+                {"event_id": doc.get("event_id"), "timings": {"source_ts": m.timestamp()[1]}}
+            )
+            while True:
+                try:
+                    producer.produce(sink, out, m.key())
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.poll(0)
+
+
+def run_faust_passthrough(
+    bootstrap: str, source: str, sink: str, group: str, batch: int, linger_ms: int
+) -> None:
+    """(b) a bare Faust agent: take a batch, decode, send each, no state or model."""
+    import faust
+
+    app = faust.App(
+        group,
+        broker=f"kafka://{bootstrap}",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10,
+    )
+    raw = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    src = app.topic(source, **raw)
+
+    @app.agent(src)
+    async def passthrough(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=linger_ms / 1000):
+            pending = []
+            for ev in events:
+                doc = orjson.loads(ev.message.value)
+                out = orjson.dumps(
+                    {
+                        "event_id": doc.get("event_id"),
+                        "timings": {"source_ts": int(ev.message.timestamp * 1000)},
+                    }
+                )
+                pending.append(await app.producer.send(sink, ev.message.key, out, None, None, None))
+            await asyncio.gather(*pending)
+
+    sys.argv = [sys.argv[0], "worker", "--without-web", "--loglevel", "warn"]
+    app.main()
+
+
+# -- measuring ------------------------------------------------------------------------
+def _proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of a process from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    return cpu, rss
+
+
+class OutputReader(threading.Thread):
+    """Reads the output topic: arrival times and event->output latencies."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer(
+            client_config(
+                bootstrap,
+                **{
+                    "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 10,
+                },
+            )
+        )
+        self.consumer.subscribe([topic])
+        self.arrivals: list[float] = []  # output message timestamps, s
+        self.latencies: list[tuple[float, float]] = []  # (receive time, latency ms)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for m in self.consumer.consume(1000, 0.05):
+                if m.error():
+                    continue
+                now = time.time() * 1000
+                self.arrivals.append(m.timestamp()[1] / 1000)
+                src = orjson.loads(m.value()).get("timings", {}).get("source_ts")
+                if src:
+                    self.latencies.append((now, now - src))
+        self.consumer.close()
+
+    def wait(self, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while len(self.arrivals) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self.arrivals) >= n
+
+
+def _produce(
+    bootstrap: str, topic: str, events: list[bytes], keys: list[bytes], rate: float | None
+) -> None:
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": 2}))
+    start = time.perf_counter()
+    for n, (value, key) in enumerate(zip(events, keys, strict=True)):
+        if rate:
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p99": float("nan"), "p99.9": float("nan")}
+    v = sorted(values)
+
+    def at(q: float) -> float:
+        return round(v[min(len(v) - 1, int(q * len(v)))], 2)
+
+    return {"p50": at(0.5), "p99": at(0.99), "p99.9": at(0.999)}
+
+
+@dataclass
+class BenchConfig:
+    events: int = 20000
+    users: int = 5000
+    items: int = 3706
+    load_seconds: float = 5.0
+    loads: tuple[float, ...] = (0.25, 0.5, 0.75)
+    workdir: Path = Path(".streamrec/bench")
+    bootstrap: str | None = None
+    model: Path | None = None
+    graph: Path | None = None
+    systems: tuple[str, ...] = SYSTEMS
+
+
+@dataclass
+class SystemResult:
+    max_rate: float = 0.0
+    loads: list[dict[str, Any]] = field(default_factory=list)
+    cpu_percent: float = 0.0
+    rss_mb: float = 0.0
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+def make_events(cfg: BenchConfig, tag: str) -> tuple[list[bytes], list[bytes]]:
+    per_user = max(1, cfg.events // cfg.users + 1)
+    events, _ = generate_log(users=cfg.users, items=cfg.items, events_per_user=per_user, seed=11)
+    events = events[: cfg.events]
+    now = int(time.time() * 1000)
+    values = [
+        orjson.dumps({**e, "event_id": f"{tag}-{n}", "timestamp": now})
+        for n, e in enumerate(events)
+    ]
+    return values, [e["user_id"].encode() for e in events]
+
+
+def _start(
+    system: str,
+    cfg: BenchConfig,
+    topo: Topology,
+    topo_file: Path,
+    bootstrap: str,
+    model: Path,
+    port: int,
+    log: Path,
+):
+    import subprocess
+
+    if system == "worker":
+        return start_worker(
+            model=model,
+            data_dir=cfg.workdir / f"state-{topo.app_id}",
+            bootstrap=bootstrap,
+            topology=topo_file,
+            log=log,
+            graph=cfg.graph,
+            env={"STREAMREC_METRICS_PORT": str(port)},
+        )
+    args = [
+        sys.executable,
+        "-m",
+        "streamrec.bench",
+        system,
+        bootstrap,
+        topo.events.name,
+        topo.recommendations.name,
+        topo.app_id,
+        str(topo.worker.batch_size),
+        str(topo.worker.linger_ms),
+    ]
+    return subprocess.Popen(
+        args, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def bench_system(
+    system: str,
+    cfg: BenchConfig,
+    bootstrap: str,
+    model: Path,
+    target_rate: float | None,
+    progress: Callable[[str], None],
+) -> SystemResult:
+    """Max rate from a backlog, then latency at fractions of ``target_rate`` (or of this
+    system's own max when None: the worker is measured first and sets the loads)."""
+    result = SystemResult()
+    topo = load_topology().namespaced(f"bench{system}{uuid.uuid4().hex[:6]}")
+    topo_file = topo.dump(cfg.workdir / f"{topo.app_id}.yaml")
+    create_topology_topics(topo, bootstrap)
+    values, keys = make_events(cfg, f"{system}-max")
+    _produce(bootstrap, topo.events.name, values, keys, None)  # the backlog
+    reader = OutputReader(bootstrap, topo.recommendations.name)
+    reader.start()
+    port = _free_port()
+    proc = _start(
+        system, cfg, topo, topo_file, bootstrap, model, port, cfg.workdir / f"{system}.log"
+    )
+    try:
+        cpu0, _ = _proc_stats(proc.pid)
+        t0 = time.monotonic()
+        if not reader.wait(len(values), 300):
+            raise RuntimeError(
+                f"{system}: only {len(reader.arrivals)}/{len(values)} outputs; "
+                f"see {cfg.workdir / (system + '.log')}"
+            )
+        span = max(reader.arrivals) - min(reader.arrivals)
+        result.max_rate = round(len(values) / span, 1) if span > 0 else float("inf")
+        cpu1, rss = _proc_stats(proc.pid)
+        result.cpu_percent = round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 1)
+        result.rss_mb = round(rss / 2**20, 1)
+        progress(
+            f"{system}: max {result.max_rate:,.0f} events/s "
+            f"(CPU {result.cpu_percent:.0f} %, RSS {result.rss_mb:.0f} MB)"
+        )
+        base = target_rate or result.max_rate
+        for frac in cfg.loads:
+            rate = base * frac
+            n = max(50, int(rate * cfg.load_seconds))
+            vals, ks = make_events(
+                BenchConfig(events=n, users=cfg.users, items=cfg.items), f"{system}-{frac}"
+            )
+            before = len(reader.latencies)
+            t_start = time.time() * 1000
+            _produce(bootstrap, topo.events.name, vals, ks, rate)
+            reader.wait(len(values) + sum(x["events"] for x in result.loads) + n, 120)
+            lat = [v for t, v in reader.latencies[before:] if t >= t_start]
+            result.loads.append(
+                {
+                    "fraction": frac,
+                    "offered_per_s": round(rate, 1),
+                    "events": n,
+                    **_percentiles(lat),
+                }
+            )
+            progress(
+                f"  {system} at {rate:,.0f}/s: p50 {result.loads[-1]['p50']} ms, "
+                f"p99 {result.loads[-1]['p99']} ms, p99.9 {result.loads[-1]['p99.9']} ms"
+            )
+        if system == "worker":
+            result.stages_ms = _stage_times(port)
+    finally:
+        reader.stop.set()
+        stop_process(proc)
+    return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stage_times(port: int) -> dict[str, float]:
+    """Mean ms per event and stage, from the worker's Prometheus histograms."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    sums, events = {}, 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "streamrec_stage_seconds_sum":
+                sums[s.labels["stage"]] = s.value
+            elif s.name == "streamrec_batch_size_sum":
+                events = s.value
+    return {k: round(v / events * 1000, 4) for k, v in sums.items()} if events else {}
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    broker = None if cfg.bootstrap else EmbeddedBroker(log=cfg.workdir / "broker.log")
+    try:
+        bootstrap = cfg.bootstrap or broker.start()  # type: ignore[union-attr]
+        model = cfg.model
+        if model is None:
+            events, catalog = generate_log(
+                users=cfg.users, items=cfg.items, events_per_user=10, seed=5
+            )
+            model = CooccurrenceModel.fit(
+                [(e["user_id"], e["item_id"], e["event_type"], e["timestamp"]) for e in events],
+                titles={c["item_id"]: c["title"] for c in catalog},
+            ).save(cfg.workdir / "model")
+        results: dict[str, SystemResult] = {}
+        order = ["worker"] + [s for s in cfg.systems if s != "worker"]
+        for system in order:
+            if system not in cfg.systems:
+                continue
+            target = results["worker"].max_rate if "worker" in results else None
+            results[system] = bench_system(system, cfg, bootstrap, model, target, progress)
+    finally:
+        if broker:
+            broker.stop()
+    out: dict[str, Any] = {
+        "broker": BROKER_NAME if broker else cfg.bootstrap,
+        "machine": f"{os.cpu_count()} CPUs",
+        "config": {
+            "events": cfg.events,
+            "users": cfg.users,
+            "items": cfg.items,
+            "load_seconds": cfg.load_seconds,
+            "model": str(model),
+            "graph": str(cfg.graph) if cfg.graph else None,
+        },
+        "systems": {k: v.__dict__ for k, v in results.items()},
+    }
+    w = results.get("worker")
+    for ref in ("raw", "faust"):
+        if w and ref in results and results[ref].max_rate:
+            out[f"worker/{ref}"] = round(w.max_rate / results[ref].max_rate, 3)
+    (cfg.workdir / "bench.json").write_text(json.dumps(out, indent=2))
+    plot(out, cfg.workdir / "bench.png")
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in result["systems"].items():
+        xs = [x["offered_per_s"] for x in r["loads"]]
+        for q, style in (("p50", "-o"), ("p99", "--s")):
+            ax.plot(xs, [x[q] for x in r["loads"]], style, label=f"{name} {q}")
+    ax.set_xlabel("offered load, events/s (25/50/75 % of the worker's max)")
+    ax.set_ylabel("event -> output latency, ms")
+    ax.set_yscale("log")
+    ax.set_title(f"streamrec bench on {result['broker']} ({result['machine']})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # child-process entry points for the reference systems
+    kind, bootstrap, source, sink, group, batch, linger = sys.argv[1:8]
+    if kind == "raw":
+        run_raw_loop(bootstrap, source, sink, group)
+    else:
+        run_faust_passthrough(bootstrap, source, sink, group, int(batch), int(linger))
