@@ -27,10 +27,10 @@ from faust.streams import _current_event  # see _acting_for
 from faust.types import EventT
 
 from . import metrics
-from .events import Rejected, decode_catalog, encode_dead_letter
+from .events import Rejected, decode_catalog
 from .graph import GraphIndex, apply_catalog_update, load_index
 from .join import GraphJoin, JoinSettings
-from .pipeline import Record, process_batch
+from .pipeline import Record, dead_letter_for, process_batch
 from .ranking import GraphRanker, ModelWatcher, Ranker, known_items
 from .topology import Topology
 
@@ -222,17 +222,11 @@ async def read_catalog(app: faust.App, topo: Topology, bootstrap: str, index: Gr
                         applied += 1
                         metrics.CATALOG_UPDATES.inc()
                     except Rejected as err:
+                        rec = Record(msg.key, msg.value, tp.topic, tp.partition, msg.offset)
                         await app.producer.send(
                             topo.dead_letter.name,
                             msg.key,
-                            encode_dead_letter(
-                                error=err,
-                                topic=tp.topic,
-                                partition=tp.partition,
-                                offset=msg.offset,
-                                key=msg.key,
-                                value=msg.value,
-                            ),
+                            dead_letter_for(rec, err),
                             None,
                             None,
                             None,

@@ -51,22 +51,22 @@ class BatchResult:
         return len(self.recommendations)
 
 
+def dead_letter_for(rec: Record, err: Rejected, max_payload: int = 65536) -> bytes:
+    """The dead-letter message for a record that cannot be used."""
+    return encode_dead_letter(
+        error=err,
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        key=rec.key,
+        value=rec.value,
+        max_payload=max_payload,
+    )
+
+
 def _dead_letter(result: BatchResult, rec: Record, err: Rejected, spec: WorkerSpec) -> None:
     result.invalid += 1
-    result.dead_letters.append(
-        (
-            rec.key,
-            encode_dead_letter(
-                error=err,
-                topic=rec.topic,
-                partition=rec.partition,
-                offset=rec.offset,
-                key=rec.key,
-                value=rec.value,
-                max_payload=spec.max_event_bytes,
-            ),
-        )
-    )
+    result.dead_letters.append((rec.key, dead_letter_for(rec, err, spec.max_event_bytes)))
 
 
 def process_batch(

@@ -14,8 +14,15 @@ pytestmark = pytest.mark.broker
 
 
 def test_bench_smoke(broker: str, tmp_path: Path) -> None:
-    cfg = BenchConfig(events=600, users=100, items=300, load_seconds=1.0, workdir=tmp_path,
-                      bootstrap=broker, systems=("raw", "worker"))
+    cfg = BenchConfig(
+        events=600,
+        users=100,
+        items=300,
+        load_seconds=1.0,
+        workdir=tmp_path,
+        bootstrap=broker,
+        systems=("raw", "worker"),
+    )
     lines: list[str] = []
     result = run_bench(cfg, progress=lines.append)
     saved = json.loads((tmp_path / "bench.json").read_text())

@@ -218,6 +218,16 @@ def test_catalog_updates_change_the_next_recommendations(
             assert time.monotonic() < deadline, "new item never got graph candidates"
         cats = {f"i{n}" for n in range(70, 80)}  # category c7 in the generated catalog
         assert len(cats & {i["item_id"] for i in doc["items"]}) >= 5
+
+        # A bad catalog message is dead-lettered, and the worker goes on answering.
+        dead = Collector(topo.dead_letter.name, broker)
+        dead.start()
+        producer.produce(topo.catalog.name, b'{"item_id": 7}', b"bad")
+        producer.flush(10)
+        assert dead.wait_count(1, 20), "bad catalog update not dead-lettered"
+        (letter,) = dead.close()
+        assert letter["topic"] == topo.catalog.name and letter["error_code"] == "schema"
+        assert ask("ua", "i6")["items"]
     finally:
         assert stop_process(worker) == 0
         recs.close()
