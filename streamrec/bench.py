@@ -34,7 +34,8 @@ from .baseline import CooccurrenceModel
 from .broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
 from .config import client_config, producer_config
 from .datasets import generate_log
-from .procs import start_worker, stop_process
+from .evaluate import percentile
+from .procs import free_port, start_worker, stop_process
 from .topology import Topology, load_topology
 
 SYSTEMS = ("raw", "faust", "worker")
@@ -184,14 +185,10 @@ def _produce(
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": float("nan"), "p99": float("nan"), "p99.9": float("nan")}
-    v = sorted(values)
-
-    def at(q: float) -> float:
-        return round(v[min(len(v) - 1, int(q * len(v)))], 2)
-
-    return {"p50": at(0.5), "p99": at(0.99), "p99.9": at(0.999)}
+    return {
+        name: round(percentile(values, q), 2)
+        for name, q in (("p50", 50), ("p99", 99), ("p99.9", 99.9))
+    }
 
 
 @dataclass
@@ -286,7 +283,7 @@ def bench_system(
     _produce(bootstrap, topo.events.name, values, keys, None)  # the backlog
     reader = OutputReader(bootstrap, topo.recommendations.name)
     reader.start()
-    port = _free_port()
+    port = free_port()
     proc = _start(
         system, cfg, topo, topo_file, bootstrap, model, port, cfg.workdir / f"{system}.log"
     )
@@ -337,14 +334,6 @@ def bench_system(
         reader.stop.set()
         stop_process(proc)
     return result
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _stage_times(port: int) -> dict[str, float]:

@@ -25,6 +25,7 @@ from .datasets import (
     training_events,
     write_jsonl,
 )
+from .evaluate import percentile
 from .graph import build_graph, save_graph, summary
 from .procs import start_worker, stop_process
 from .replay import replay
@@ -150,13 +151,6 @@ class Watcher(threading.Thread):
                 )
 
 
-def _percentile(values: list[int], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
-
-
 def run_demo(
     workdir: Path,
     *,
@@ -232,8 +226,8 @@ def run_demo(
                 f"worker publish span   {worker_s:.1f}s ({watcher.count / worker_s:,.0f} events/s)"
             )
         console.print(
-            f"latency event->recommendation p50 {_percentile(watcher.latencies, 0.5):.0f} "
-            f"ms, p99 {_percentile(watcher.latencies, 0.99):.0f} ms "
+            f"latency event->recommendation p50 {percentile(watcher.latencies, 50):.0f} "
+            f"ms, p99 {percentile(watcher.latencies, 99):.0f} ms "
             "(includes queueing behind the replay)"
         )
         if watcher.count < summary.delivered:

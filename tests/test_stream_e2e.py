@@ -4,7 +4,6 @@ the worker SIGKILLed mid-replay and restarted."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import urllib.request
@@ -19,7 +18,7 @@ from confluent_kafka import Producer
 from streamrec.broker import BROKER_NAME, create_topology_topics
 from streamrec.config import producer_config
 from streamrec.events import validator
-from streamrec.procs import kill_process, start_worker, stop_process
+from streamrec.procs import free_port, kill_process, start_worker, stop_process
 from streamrec.replay import replay
 from streamrec.state import SessionState, read_table_files
 from streamrec.topology import Topology, load_topology
@@ -78,12 +77,6 @@ def _finish(
         read_table_files(data_dir),
         log,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 SCRAPES: list[str] = []

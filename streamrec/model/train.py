@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -201,24 +202,28 @@ def export_onnx(net: GRURec, path: Path, k: int) -> None:
         torch.tensor([1, length + 2], dtype=torch.long),
         torch.zeros((b, 2), dtype=torch.long),
     )
-    torch.onnx.export(
-        graph,
-        example,
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["items", "h0", "gather", "exclude"],
-        output_names=["states", "scores", "top"],
-        dynamic_axes={
-            "items": {0: "batch", 1: "steps"},
-            "h0": {0: "batch"},
-            "gather": {0: "answers"},
-            "exclude": {0: "answers", 1: "excluded"},
-            "states": {0: "batch", 1: "steps1"},
-            "scores": {0: "answers"},
-            "top": {0: "answers"},
-        },
-    )
+    # The TorchScript exporter narrates what it traces (constants, GRU batch sizes); the
+    # export is verified against torch right after, so the narration is noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["items", "h0", "gather", "exclude"],
+            output_names=["states", "scores", "top"],
+            dynamic_axes={
+                "items": {0: "batch", 1: "steps"},
+                "h0": {0: "batch"},
+                "gather": {0: "answers"},
+                "exclude": {0: "answers", 1: "excluded"},
+                "states": {0: "batch", 1: "steps1"},
+                "scores": {0: "answers"},
+                "top": {0: "answers"},
+            },
+        )
 
 
 @torch.no_grad()
