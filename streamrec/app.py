@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event  # see _acting_for
 from faust.types import EventT
 
@@ -150,9 +151,13 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 with _acting_for(rec.source):
                     sessions[user.encode()] = value
             t2 = time.perf_counter()
-            pending = []
+            pending = await send_batched(
+                producer,
+                topo.recommendations.name,
+                topo.recommendations.partitions,
+                result.recommendations,
+            )
             for topic, messages in (
-                (topo.recommendations.name, result.recommendations),
                 (topo.dead_letter.name, result.dead_letters),
                 (topo.events.name, result.rekeyed),
             ):
@@ -174,6 +179,36 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 )
 
     return app
+
+
+_partitioner = DefaultPartitioner()
+
+
+async def send_batched(
+    producer, topic: str, partitions: int, messages: list[tuple[bytes, bytes]]
+) -> list:
+    """Publish keyed messages as one record batch per partition.
+
+    Per-message ``send`` costs ~0.2 ms of Python per message in aiokafka (measured with
+    ``streamrec bench``); appending to a batch builder costs a few µs. Keys are hashed
+    with murmur2 like every other client here, so a user's recommendations keep their
+    partition. Returns the delivery futures to await."""
+    kafka = producer._ensure_producer()  # Faust's aiokafka driver: the AIOKafkaProducer
+    everything = list(range(partitions))
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, value in messages:
+        p = _partitioner(key, everything, everything)
+        by_partition.setdefault(p, []).append((key, value))
+    futures = []
+    for p, msgs in by_partition.items():
+        batch = kafka.create_batch()
+        for key, value in msgs:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
+                futures.append(await kafka.send_batch(batch, topic, partition=p))
+                batch = kafka.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        futures.append(await kafka.send_batch(batch, topic, partition=p))
+    return futures
 
 
 def _joiner(topo: Topology, index: GraphIndex):
