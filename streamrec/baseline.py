@@ -223,14 +223,20 @@ class CooccurrenceModel:
                 break
         ranked = heapq.nlargest(k + len(exclude), scores.items(), key=lambda kv: kv[1])
         out: list[Recommendation] = []
+        reasons: dict[int, str] = {}  # at most `recent` distinct ones: format each once
         for j, s in ranked:
             item = self.item_ids[j]
             if item in exclude:
                 continue
-            src_item, src_type = history[because[j][1]]
-            verb = PAST_TENSE.get(src_type, "interacted with")
-            reason = f'often together with "{self.title(src_item)}", which you {verb}'
-            out.append(Recommendation(item, round(s, 6), [reason]))
+            pos = because[j][1]
+            reason = reasons.get(pos)
+            if reason is None:
+                src_item, src_type = history[pos]
+                verb = PAST_TENSE.get(src_type, "interacted with")
+                reason = reasons[pos] = (
+                    f'often together with "{self.title(src_item)}", which you {verb}'
+                )
+            out.append(Recommendation(item, s, [reason]))
             if len(out) == k:
                 return out
         taken = {r.item_id for r in out}
@@ -239,7 +245,7 @@ class CooccurrenceModel:
             if item in exclude or item in taken:
                 continue
             share = float(self._pop_share[j])
-            out.append(Recommendation(item, round(share, 6), [POPULAR_REASON]))
+            out.append(Recommendation(item, share, [POPULAR_REASON]))
             if len(out) == k:
                 break
         return out
