@@ -104,7 +104,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
     sessions.key_serializer = sessions.value_serializer = "raw"
     metrics.serve(settings.metrics_port)
     index = load_index(settings.graph_path) if settings.graph_path else GraphIndex()
-    models = ModelWatcher(settings.model_path, top_k=spec.top_k, wrap=_joiner(topo, index))
+    # With the join on, the model proposes `candidates` and the join keeps top_k.
+    candidates = max(spec.top_k, topo.join.candidates) if topo.join.enabled else spec.top_k
+    models = ModelWatcher(settings.model_path, top_k=candidates, wrap=_joiner(topo, index))
     if topo.join.enabled:
         log.info("graph join on: graph %s, %d items", index.version, len(index.titles))
 
@@ -224,9 +226,6 @@ def _joiner(topo: Topology, index: GraphIndex):
     )
 
     def wrap(base: Ranker) -> Ranker:
-        base.top_k = max(base.top_k, j.candidates)
-        if hasattr(base, "fallback"):
-            base.fallback.top_k = base.top_k
         return GraphRanker(base, GraphJoin(index, settings, known=known_items(base)))
 
     return wrap
