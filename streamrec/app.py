@@ -110,6 +110,20 @@ def create_app(settings: WorkerSettings) -> faust.App:
     if topo.join.enabled:
         log.info("graph join on: graph %s, %d items", index.version, len(index.titles))
 
+    @app.timer(interval=1.0)
+    async def heartbeat() -> None:
+        """Feeds /healthz (the loop turns) and /ready (recovered, not rebalancing)."""
+        metrics.HEALTH.beat = time.monotonic()
+        recovered = app.tables.recovery.completed.is_set()
+        metrics.HEALTH.ready = recovered and not app.rebalancing
+        metrics.HEALTH.reason = (
+            "ready"
+            if metrics.HEALTH.ready
+            else "rebalancing"
+            if app.rebalancing
+            else "recovering state"
+        )
+
     @app.task
     async def follow_catalog() -> None:
         """Every worker applies every catalog change (an agent would share the topic's

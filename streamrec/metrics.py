@@ -1,10 +1,19 @@
-"""Prometheus metrics of a worker (prometheus-client), served on ``--metrics-port``."""
+"""A worker's HTTP port (``--metrics-port``): Prometheus metrics, liveness, readiness.
+
+* ``/metrics`` — prometheus-client exposition;
+* ``/healthz`` — 200 while the worker's event loop is turning (a Faust timer beats every
+  second; silent for ``STALE_S`` means stuck), else 503;
+* ``/ready``  — 200 once table recovery is done and no rebalance is in progress, else 503.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +41,61 @@ END_TO_END_SECONDS = Histogram(
 MODEL_VERSION = Gauge("streamrec_model_info", "The model version serving (value 1)", ["version"])
 
 
+STALE_S = 30.0
+
+
+class Health:
+    """What the probes answer; the worker updates it from a Faust timer."""
+
+    def __init__(self) -> None:
+        self.beat = time.monotonic()
+        self.ready = False
+        self.reason = "starting"
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.beat < STALE_S
+
+
+HEALTH = Health()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            ok = HEALTH.alive()
+            self._send(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
+        elif path == "/ready":
+            ok = HEALTH.ready and HEALTH.alive()
+            self._send(200 if ok else 503, (HEALTH.reason + "\n").encode())
+        else:
+            self._send(404, b"try /metrics, /healthz or /ready\n")
+
+    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:  # probes every few seconds: stay quiet
+        return
+
+
 def serve(port: int) -> bool:
-    """Start the metrics endpoint; a busy port is logged, not fatal (the stream matters
-    more than its metrics)."""
+    """Serve metrics and probes in a thread; a busy port is logged, not fatal (the
+    stream matters more than its metrics)."""
     if port <= 0:
         return False
     try:
-        start_http_server(port)
+        server = ThreadingHTTPServer(("0.0.0.0", port), _Handler)
     except OSError as exc:
         log.warning("metrics port %d unavailable (%s); metrics not served", port, exc)
         return False
-    log.info("metrics on :%d/metrics", port)
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    log.info("metrics, /healthz and /ready on :%d", port)
     return True
 
 

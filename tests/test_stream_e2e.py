@@ -108,6 +108,9 @@ def reference_run(broker: str, small_model: Path, tmp_path_factory) -> Run:
     dead.wait_count(len(contents.invalid), 30)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
         SCRAPES.append(page.read().decode())
+    for probe in ("/healthz", "/ready"):  # a working worker is alive and ready
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=5) as page:
+            assert page.status == 200, probe
     return _finish(
         topo,
         broker,
