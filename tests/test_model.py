@@ -241,3 +241,14 @@ def test_join_evaluation_reports_both_sides(
     assert on["diversity"] > off["diversity"]
     assert 0 < on["coverage"] <= 1 and on["NDCG@10"] > 0.1
     assert "cold users (2 events): join on" in out
+
+
+def test_versions_trained_within_one_second_do_not_collide(tmp_path: Path) -> None:
+    events, _ = generate_log(users=30, items=20, events_per_user=6, seed=1)
+    write_jsonl(tmp_path / "e.jsonl", events)
+    cfg = TrainConfig(dim=8, epochs=1, min_epochs=1, patience=1)
+    dirs = [
+        train(tmp_path / "e.jsonl", tmp_path / "m", cfg, progress=lambda _: None) for _ in range(3)
+    ]
+    assert len({d.name for d in dirs}) == 3
+    assert all(SequentialModel(d).version == d.name for d in dirs)

@@ -160,7 +160,11 @@ def train(
         f"({time.perf_counter() - started:.0f}s)"
     )
 
-    version = time.strftime("gru-%Y%m%d-%H%M%S")
+    stamp = version = time.strftime("gru-%Y%m%d-%H%M%S")
+    n = 1
+    while (Path(out_root) / version).exists():  # two trainings within one second
+        n += 1
+        version = f"{stamp}-{n}"
     out = Path(out_root) / version
     out.mkdir(parents=True, exist_ok=False)
     net = net.cpu().eval()
