@@ -48,15 +48,22 @@ class SendSummary:
         }
 
 
-def user_key(value: bytes) -> bytes | None:
-    """The Kafka key for an event: its user_id, or None if the bytes are not an event."""
+def _json_object(value: bytes) -> dict[str, Any] | None:
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(doc, dict) and isinstance(doc.get("user_id"), str):
-        return doc["user_id"].encode()
-    return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _key_of(doc: dict[str, Any] | None) -> bytes | None:
+    user = doc.get("user_id") if doc else None
+    return user.encode() if isinstance(user, str) else None
+
+
+def user_key(value: bytes) -> bytes | None:
+    """The Kafka key for an event: its user_id, or None if the bytes are not an event."""
+    return _key_of(_json_object(value))
 
 
 class EventSender:
@@ -114,32 +121,20 @@ class Pacer:
         self.first_ts: int | None = None
         self.n = 0
 
-    def wait(self, value: bytes) -> None:
+    def wait(self, ts: int | None) -> None:
+        """``ts``: the event's own timestamp (ms), used with ``speed``."""
         if self.rate:
             due = self.start + self.n / self.rate
-        elif self.speed:
-            ts = _timestamp(value)
-            if ts is None:
-                due = 0.0
-            else:
-                if self.first_ts is None:
-                    self.first_ts = ts
-                due = self.start + (ts - self.first_ts) / 1000 / self.speed
+        elif self.speed and ts is not None:
+            if self.first_ts is None:
+                self.first_ts = ts
+            due = self.start + (ts - self.first_ts) / 1000 / self.speed
         else:
             due = 0.0
         self.n += 1
         delay = due - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-
-
-def _timestamp(value: bytes) -> int | None:
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    ts = doc.get("timestamp") if isinstance(doc, dict) else None
-    return ts if isinstance(ts, int) else None
 
 
 def replay(
@@ -168,8 +163,10 @@ def replay(
             except Rejected as err:
                 sender.reject(f"line {n + 1}: {err.message}")
                 continue
-        pacer.wait(line)
-        sender.send(line, user_key(line))
+        doc = _json_object(line)  # parsed once: for the key and the log's clock
+        ts = doc.get("timestamp") if doc else None
+        pacer.wait(ts if isinstance(ts, int) else None)
+        sender.send(line, _key_of(doc))
         if progress and n % 500 == 0:
             progress(n)
     summary = sender.close()
@@ -200,23 +197,23 @@ def produce(
         line = line.strip()
         if not line:
             continue
-        if validate:
+        if not validate:
+            sender.send(line, user_key(line))
+            continue
+        try:
             try:
                 doc = orjson.loads(line)
-                if not isinstance(doc, dict):
-                    raise Rejected("schema", "an event must be a JSON object")
-                value = encode_event(complete_event(doc))
             except orjson.JSONDecodeError as exc:
-                sender.reject(f"line {n}: not valid JSON: {exc}")
-                print(f"rejected line {n}: not valid JSON: {exc}", file=err)
-                continue
-            except Rejected as exc:
-                sender.reject(f"line {n}: {exc.message}")
-                print(f"rejected line {n}: {exc.message}", file=err)
-                continue
-        else:
-            value = line
-        sender.send(value, user_key(value))
+                raise Rejected("not_json", f"not valid JSON: {exc}") from None
+            if not isinstance(doc, dict):
+                raise Rejected("schema", "an event must be a JSON object")
+            doc = complete_event(doc)
+            value = encode_event(doc)
+        except Rejected as exc:
+            sender.reject(f"line {n}: {exc.message}")
+            print(f"rejected line {n}: {exc.message}", file=err)
+            continue
+        sender.send(value, doc["user_id"].encode())  # the schema made it a string
     summary = sender.close()
     summary.elapsed_s = time.perf_counter() - start
     return summary
