@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 
 from streamrec.baseline import CooccurrenceModel
-from streamrec.broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
+from streamrec.broker import BROKER_NAME, EmbeddedBroker
 from streamrec.datasets import generate_log
-from streamrec.topology import Topology, load_topology
+from streamrec.topology import Topology
+
+from .helpers import fresh_topology
 
 DATA = Path(__file__).parent / "data"
 
@@ -32,9 +33,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def topology(broker: str, tmp_path: Path) -> tuple[Topology, Path]:
     """A topology with unique topic names (created on the broker) and its YAML file."""
-    topo = load_topology().namespaced(uuid.uuid4().hex[:8])
-    create_topology_topics(topo, broker)
-    return topo, topo.dump(tmp_path / "topology.yaml")
+    return fresh_topology(broker, tmp_path)
 
 
 @pytest.fixture(scope="session")

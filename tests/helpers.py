@@ -5,15 +5,17 @@ from __future__ import annotations
 import base64
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamrec.broker import create_topology_topics
 from streamrec.datasets import iter_lines
 from streamrec.events import Rejected, decode_event
 from streamrec.state import SessionState
 from streamrec.subscribe import consume
-from streamrec.topology import Topology
+from streamrec.topology import Topology, load_topology
 
 REPLAY_LOG = Path(__file__).parent / "data" / "replay_small.jsonl"
 
@@ -65,6 +67,13 @@ class Collector(threading.Thread):
         self._stop_flag.set()
         self.join(10)
         return self.docs
+
+
+def fresh_topology(bootstrap: str, tmp: Path, suffix: str | None = None) -> tuple[Topology, Path]:
+    """The default topology with unique names, its topics created, and its YAML file."""
+    topo = load_topology().namespaced(suffix or uuid.uuid4().hex[:8])
+    create_topology_topics(topo, bootstrap)
+    return topo, topo.dump(tmp / "topology.yaml")
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
+from streamrec.broker import BROKER_NAME, EmbeddedBroker
 from streamrec.datasets import generate_log, write_jsonl
 from streamrec.procs import start_worker, stop_process
 from streamrec.replay import replay
-from streamrec.topology import load_topology
 
-from .helpers import Collector, answered_counts
+from .helpers import Collector, answered_counts, fresh_topology
 
 pytestmark = pytest.mark.broker
 
@@ -26,14 +25,13 @@ def test_broker_restart_workers_reconnect_and_resume(small_model: Path, tmp_path
     bootstrap = broker.start()
     worker = None
     try:
-        topo = load_topology().namespaced("restart")
-        create_topology_topics(topo, bootstrap)
+        topo, topo_file = fresh_topology(bootstrap, tmp_path, "restart")
         log = tmp_path / "worker.log"
         worker = start_worker(
             model=small_model,
             data_dir=tmp_path / "state",
             bootstrap=bootstrap,
-            topology=topo.dump(tmp_path / "t.yaml"),
+            topology=topo_file,
             log=log,
             env={"STREAMREC_METRICS_PORT": "0"},
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +14,13 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from streamrec.broker import BROKER_NAME, create_topology_topics
+from streamrec.broker import BROKER_NAME
 from streamrec.config import producer_config
 from streamrec.events import validator
 from streamrec.procs import free_port, kill_process, start_worker, stop_process
 from streamrec.replay import replay
 from streamrec.state import SessionState, read_table_files
-from streamrec.topology import Topology, load_topology
+from streamrec.topology import Topology
 
 from .helpers import (
     REPLAY_LOG,
@@ -29,6 +28,7 @@ from .helpers import (
     answered_counts,
     changelog_states,
     dead_letter_payloads,
+    fresh_topology,
     split_log,
 )
 
@@ -44,12 +44,6 @@ class Run:
     changelog: dict[str, SessionState]
     rocksdb: dict[str, SessionState]
     worker_log: Path
-
-
-def _fresh_topology(bootstrap: str, tmp: Path) -> tuple[Topology, Path]:
-    topo = load_topology().namespaced(uuid.uuid4().hex[:8])
-    create_topology_topics(topo, bootstrap)
-    return topo, topo.dump(tmp / "topology.yaml")
 
 
 def _finish(
@@ -86,7 +80,7 @@ SCRAPES: list[str] = []
 def reference_run(broker: str, small_model: Path, tmp_path_factory) -> Run:
     """The uninterrupted run every other expectation is compared with."""
     tmp = tmp_path_factory.mktemp("reference")
-    topo, topo_file = _fresh_topology(broker, tmp)
+    topo, topo_file = fresh_topology(broker, tmp)
     contents = split_log()
     recs = Collector(topo.recommendations.name, broker)
     dead = Collector(topo.dead_letter.name, broker)
@@ -202,7 +196,7 @@ def test_state_in_rocksdb_matches_changelog_and_log(reference_run: Run) -> None:
 def test_sigkill_mid_replay_loses_nothing(
     broker: str, small_model: Path, reference_run: Run, tmp_path: Path
 ) -> None:
-    topo, topo_file = _fresh_topology(broker, tmp_path)
+    topo, topo_file = fresh_topology(broker, tmp_path)
     contents = split_log()
     recs = Collector(topo.recommendations.name, broker)
     dead = Collector(topo.dead_letter.name, broker)
@@ -262,7 +256,7 @@ def test_events_with_wrong_key_are_rekeyed_and_answered(
 ) -> None:
     """Producers that key by something else (or nothing) still get answers, and each
     user's state stays in the partition its user_id hashes to."""
-    topo, topo_file = _fresh_topology(broker, tmp_path)
+    topo, topo_file = fresh_topology(broker, tmp_path)
     recs = Collector(topo.recommendations.name, broker)
     recs.start()
     producer = Producer(producer_config(broker))
