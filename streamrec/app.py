@@ -10,22 +10,17 @@ at-least-once and the state's own bookkeeping makes a redelivered event harmless
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
 import socket
 import sys
 import time
-import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import faust
-from aiokafka.partitioner import DefaultPartitioner
-from faust.streams import _current_event  # see _acting_for
-from faust.types import EventT
 
 from . import metrics
 from .events import Rejected, decode_catalog
@@ -33,9 +28,11 @@ from .graph import GraphIndex, apply_catalog_update, load_index
 from .join import GraphJoin, JoinSettings
 from .pipeline import Record, dead_letter_for, process_batch
 from .ranking import GraphRanker, ModelWatcher, Ranker, known_items
+from .sink import SessionTable, by_key, send_batches
 from .topology import Topology
 
 log = logging.getLogger("streamrec.worker")
+CATALOG_IDLE_S = 0.5  # how long the catalog reader rests once caught up
 
 
 @dataclass(frozen=True)
@@ -49,22 +46,6 @@ class WorkerSettings:
     # Static group membership (KIP-345): a worker restarted with the same id takes its
     # old place in the group at once instead of waiting for the broker to expire it.
     instance_id: str | None = None
-
-
-@contextmanager
-def _acting_for(event: EventT) -> Iterator[None]:
-    """Make ``event`` Faust's current event while touching the table.
-
-    A Faust table reads and writes the RocksDB partition (and changelog partition) of the
-    *current event*. Inside a ``take_events`` batch that would be the batch's last
-    event, whatever partition the user belongs to; setting it per record keeps every
-    user's state in its own partition, so it follows the partition on rebalance.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def create_app(settings: WorkerSettings) -> faust.App:
@@ -138,13 +119,19 @@ def create_app(settings: WorkerSettings) -> faust.App:
         settings.instance_id,
     )
 
+    table = SessionTable(sessions, app.producer)
+
     def load_state(user_id: str, rec: Record) -> bytes | None:
-        with _acting_for(rec.source):
-            return sessions.get(user_id.encode())
+        # A user's state lives in the partition of their events (events are keyed by
+        # user_id; others are re-keyed first), so the record says where to look.
+        return table.get(user_id.encode(), rec.partition)
+
+    tune_gc()
 
     @app.agent(events, concurrency=1)
     async def recommend(stream: faust.StreamT) -> None:
         producer = app.producer
+        serving = models.ranker
         async for batch in stream.take_events(spec.batch_size, within=spec.linger_ms / 1000):
             records = [
                 Record(
@@ -154,32 +141,34 @@ def create_app(settings: WorkerSettings) -> faust.App:
                     partition=ev.message.partition,
                     offset=ev.message.offset,
                     timestamp=int(ev.message.timestamp * 1000) if ev.message.timestamp else None,
-                    source=ev,
                 )
                 for ev in batch
             ]
             # A new model version takes over between batches: none lost, none answered twice.
             ranker = models.poll()
+            if ranker is not serving:
+                serving = ranker
+                tune_gc()  # the new model's arrays join the frozen heap
             t0 = time.perf_counter()
             result = process_batch(records, load_state, ranker, spec)
             t1 = time.perf_counter()
-            for user, (value, rec) in result.state_writes.items():
-                with _acting_for(rec.source):
-                    sessions[user.encode()] = value
-            t2 = time.perf_counter()
-            pending = await send_batched(
-                producer,
-                topo.recommendations.name,
-                topo.recommendations.partitions,
-                result.recommendations,
+            changelog = await table.put_batch(
+                (user.encode(), value, rec.partition)
+                for user, (value, rec) in result.state_writes.items()
             )
-            for topic, messages in (
-                (topo.dead_letter.name, result.dead_letters),
-                (topo.events.name, result.rekeyed),
+            t2 = time.perf_counter()
+            sent = list(changelog)
+            for topic, messages, partitions in (
+                (topo.recommendations.name, result.recommendations, topo.recommendations),
+                (topo.dead_letter.name, result.dead_letters, topo.dead_letter),
+                (topo.events.name, result.rekeyed, topo.events),
             ):
-                for key, value in messages:
-                    pending.append(await producer.send(topic, key, value, None, None, None))
-            await asyncio.gather(*pending)
+                if messages:
+                    grouped = by_key(messages, partitions.partitions)
+                    sent += await send_batches(producer, topic, grouped)
+            # Faust acks the batch when the next one is asked for; delivery first.
+            await asyncio.gather(*(future for _, _, future in sent))
+            table.confirm(changelog)
             done = time.time()
             metrics.record_batch(
                 result, records, ranker.version, t1 - t0, t2 - t1, time.perf_counter() - t2, done
@@ -195,36 +184,6 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 )
 
     return app
-
-
-_partitioner = DefaultPartitioner()
-
-
-async def send_batched(
-    producer, topic: str, partitions: int, messages: list[tuple[bytes, bytes]]
-) -> list:
-    """Publish keyed messages as one record batch per partition.
-
-    Per-message ``send`` costs ~0.2 ms of Python per message in aiokafka (measured with
-    ``streamrec bench``); appending to a batch builder costs a few µs. Keys are hashed
-    with murmur2 like every other client here, so a user's recommendations keep their
-    partition. Returns the delivery futures to await."""
-    kafka = producer._ensure_producer()  # Faust's aiokafka driver: the AIOKafkaProducer
-    everything = list(range(partitions))
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-    for key, value in messages:
-        p = _partitioner(key, everything, everything)
-        by_partition.setdefault(p, []).append((key, value))
-    futures = []
-    for p, msgs in by_partition.items():
-        batch = kafka.create_batch()
-        for key, value in msgs:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
-                futures.append(await kafka.send_batch(batch, topic, partition=p))
-                batch = kafka.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        futures.append(await kafka.send_batch(batch, topic, partition=p))
-    return futures
 
 
 def _joiner(topo: Topology, index: GraphIndex):
@@ -281,8 +240,30 @@ async def read_catalog(app: faust.App, topo: Topology, bootstrap: str, index: Gr
                         )
             if batches:
                 log.info("catalog: %d changes applied so far", applied)
+            else:
+                # Caught up. Brokers that answer an empty fetch at once (noida-db ignores
+                # fetch.max.wait.ms) would make this loop spin and take ~10 % of the
+                # worker's event loop (py-spy); pausing the partitions between looks
+                # keeps catalog changes ~0.5 s fresh for no CPU.
+                consumer.pause(*tps)
+                await asyncio.sleep(CATALOG_IDLE_S)
+                consumer.resume(*tps)
     finally:
         await consumer.stop()
+
+
+def tune_gc() -> None:
+    """Keep Python's cyclic GC from scanning the long-lived heap on every batch.
+
+    Profiled (benchmarks/pipeline_cost.py): full collections walked the loaded model,
+    graph index and framework objects ~every 600 events and took ~45 % of the batch
+    time. Objects alive now (code, models, graph) are frozen out of collection and the
+    young generation is collected less often; the per-batch objects have no cycles and
+    are freed by reference counting anyway. Call again after loading new artifacts.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
 
 
 def default_instance_id(data_dir: Path) -> str:

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
-from .baseline import PAST_TENSE
+from .baseline import PAST_TENSE, Recommendation
 from .graph import REASON_TEXT, RELATION_WEIGHT, GraphIndex
 from .state import SessionState
 
@@ -45,17 +44,19 @@ class GraphJoin:
         self.index = index
         self.s = settings or JoinSettings()
         self.known = known  # items the model can score
+        self.model_titles: dict[str, str] = {}  # titles the model knows (GraphRanker sets)
         self._primary_cache: dict[str, str | None] = {}
         self._cache_generation = index.generation
 
-    def join(self, state: SessionState, candidates: list[dict[str, Any]]) -> list[dict]:
+    def join(self, state: SessionState, candidates: list[Recommendation]) -> list[dict]:
+        """The final top-k, as message dicts, from the model's candidates."""
         idx, s = self.index, self.s
         history = [(e[0], e[1]) for e in state.entries if e[0] is not None]
         recent = history[-s.recent :]
         seen = {i for i, _ in history}
         bought = {i for i, t in history if t == "purchase"}
         blocked = bought | idx.unavailable
-        ranked = [c for c in candidates if c["item_id"] not in blocked]
+        ranked = [c for c in candidates if c.item_id not in blocked]
         cold_item = bool(recent) and recent[-1][0] not in self.known
         known_items = sum(1 for i, _ in history if i in self.known)
         if known_items <= s.short_history or cold_item:
@@ -66,7 +67,7 @@ class GraphJoin:
         chosen = self._diversify(ranked)
         return [self._explain(c, recent) for c in chosen]
 
-    def _expand(self, recent: list[tuple[str, str]], exclude: set[str]) -> list[dict]:
+    def _expand(self, recent: list[tuple[str, str]], exclude: set[str]) -> list[Recommendation]:
         idx = self.index
         scores: Counter = Counter()
         for age, (item, _) in enumerate(reversed(recent)):
@@ -80,15 +81,16 @@ class GraphJoin:
         for item in exclude:
             scores.pop(item, None)
         return [
-            {"item_id": i, "score": round(sc, 4), "reasons": []}
-            for i, sc in scores.most_common(5 * self.s.top_k)
+            Recommendation(i, round(sc, 4), []) for i, sc in scores.most_common(5 * self.s.top_k)
         ]
 
-    def _blend(self, model: list[dict], graph: list[dict], graph_leads: bool) -> list[dict]:
+    def _blend(
+        self, model: list[Recommendation], graph: list[Recommendation], graph_leads: bool
+    ) -> list[Recommendation]:
         """Rank-based blend (scores of different models are not comparable). The side
         that does not lead counts ``graph_weight`` (measured on ML-100K: a model that
         knows a user's items ranks better even for 2-event users; the graph adds reach)."""
-        merged: dict[str, tuple[float, dict]] = {}
+        merged: dict[str, tuple[float, Recommendation]] = {}
         w = self.s.graph_weight
         for source, weight in (
             (graph, 1.0 if graph_leads else w),
@@ -96,8 +98,8 @@ class GraphJoin:
         ):
             for rank, c in enumerate(source):
                 points = weight / (rank + 1)
-                old = merged.get(c["item_id"])
-                merged[c["item_id"]] = ((old[0] if old else 0.0) + points, old[1] if old else c)
+                old = merged.get(c.item_id)
+                merged[c.item_id] = ((old[0] if old else 0.0) + points, old[1] if old else c)
         return [c for _, c in sorted(merged.values(), key=lambda x: -x[0])]
 
     def _primary(self, item: str) -> str | None:
@@ -114,10 +116,10 @@ class GraphJoin:
         self._primary_cache[item] = found
         return found
 
-    def _diversify(self, ranked: list[dict]) -> list[dict]:
+    def _diversify(self, ranked: list[Recommendation]) -> list[Recommendation]:
         out, spill, per_value = [], [], Counter()
         for c in ranked:
-            value = self._primary(c["item_id"])
+            value = self._primary(c.item_id)
             if value is not None and per_value[value] >= self.s.max_per_value:
                 spill.append(c)
                 continue
@@ -127,9 +129,9 @@ class GraphJoin:
                 return out
         return out + spill[: self.s.top_k - len(out)]  # too few distinct: fill, in order
 
-    def _explain(self, cand: dict, recent: list[tuple[str, str]]) -> dict:
+    def _explain(self, cand: Recommendation, recent: list[tuple[str, str]]) -> dict:
         idx = self.index
-        item = cand["item_id"]
+        item = cand.item_id
         links = idx.item_links.get(item, {})
         best: tuple[float, str, str, str] | None = None  # weight, template, value, recent item
         co = idx.co_relation.get(item, {})
@@ -157,14 +159,19 @@ class GraphJoin:
                 "",
                 "",
             )
-        reasons = list(cand.get("reasons") or [])
+        reasons = list(cand.reasons)
         if best is not None:
             reasons.insert(0, best[1])
         elif not reasons or reasons[0].startswith("one of the most popular"):
             value = self._primary(item)
             if value is not None:
                 reasons = [f"popular in {value.split(':', 2)[-1]}"]
-        out = {**cand, "reasons": reasons or ["recommended from the catalog graph"]}
-        if item in idx.titles and "title" not in out:
-            out["title"] = idx.titles[item]
+        out = {
+            "item_id": item,
+            "score": cand.score,
+            "reasons": reasons or ["recommended from the catalog graph"],
+        }
+        title = idx.titles.get(item) or self.model_titles.get(item)
+        if title:
+            out["title"] = title
         return out

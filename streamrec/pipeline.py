@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from .events import Event, Rejected, decode_event, encode_dead_letter, encode_recommendation
 from .ranking import Ranker, RankRequest
@@ -30,7 +29,6 @@ class Record:
     partition: int
     offset: int
     timestamp: int | None = None  # ms, the message's Kafka timestamp
-    source: Any = field(default=None, compare=False, repr=False)  # e.g. the Faust event
 
 
 @dataclass

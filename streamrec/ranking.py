@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .baseline import PAST_TENSE, CooccurrenceModel
+from .baseline import PAST_TENSE, CooccurrenceModel, Recommendation
 from .state import SessionState
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,7 @@ class RankResult:
     model_states: dict[str, ModelState] = field(default_factory=dict)
 
 
-def _item(item_id: str, score: float, reasons: list[str], titles: dict[str, str]) -> dict:
-    out: dict[str, Any] = {"item_id": item_id, "score": score, "reasons": reasons}
-    title = titles.get(item_id)
-    if title:
-        out["title"] = title
-    return out
+Candidates = list[list[Recommendation]]
 
 
 class Ranker(Protocol):
@@ -61,19 +56,47 @@ class Ranker(Protocol):
     def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult: ...
 
 
-class CooccurrenceRanker(Ranker):
+class CandidateRanker:
+    """A model's ranker: ``candidates`` (Recommendation objects, for the join) and
+    ``rank_batch`` (the same as message dicts, titled)."""
+
+    version: str
+    top_k: int
+    titles: dict[str, str]
+
+    def candidates(
+        self, requests: Sequence[RankRequest]
+    ) -> tuple[Candidates, dict[str, ModelState]]:
+        raise NotImplementedError
+
+    def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
+        lists, states = self.candidates(requests)
+        titles = self.titles
+        for recs in lists:
+            for r in recs:
+                r.title = titles.get(r.item_id)
+        return RankResult([[r.as_dict() for r in recs] for recs in lists], states)
+
+
+class CooccurrenceRanker(CandidateRanker):
     def __init__(self, model: CooccurrenceModel, top_k: int = 10) -> None:
         self.model = model
         self.top_k = top_k
         self.version = model.version
+        self.titles = model.titles
+
+    def rank_states(self, states: Sequence[SessionState]) -> Candidates:
+        histories = [[(e[0], e[1]) for e in s.entries if e[0] is not None] for s in states]
+        excludes = [{item for item, _ in h} for h in histories]
+        return self.model.recommend_batch(histories, k=self.top_k, excludes=excludes)
 
     def rank_one(self, state: SessionState) -> list[dict[str, Any]]:
-        history = [(e[0], e[1]) for e in state.entries if e[0] is not None]
-        recs = self.model.recommend(history, k=self.top_k, exclude=state.seen())
-        return [_item(r.item_id, r.score, r.reasons, self.model.titles) for r in recs]
+        return self.rank_batch([RankRequest("", state)]).items[0]
 
-    def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
-        return RankResult([self.rank_one(r.state) for r in requests])
+    def candidates(
+        self, requests: Sequence[RankRequest]
+    ) -> tuple[Candidates, dict[str, ModelState]]:
+        return self.rank_states([r.state for r in requests]), {}
 
 
 def _encode_h(h: np.ndarray) -> str:
@@ -85,7 +108,7 @@ def _decode_h(text: str, dim: int) -> np.ndarray | None:
     return h if h.shape == (dim,) else None
 
 
-class SequentialRanker(Ranker):
+class SequentialRanker(CandidateRanker):
     def __init__(self, model: Any, fallback: CooccurrenceModel, top_k: int = 10) -> None:
         self.model = model  # runtime.SequentialModel
         self.fallback = CooccurrenceRanker(fallback, top_k)
@@ -93,7 +116,9 @@ class SequentialRanker(Ranker):
         self.top_k = top_k
         self.version = model.version
 
-    def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
+    def candidates(
+        self, requests: Sequence[RankRequest]
+    ) -> tuple[Candidates, dict[str, ModelState]]:
         model, dim = self.model, self.model.dim
         # Per user, in batch order: which items to feed and where each answer sits.
         users: dict[str, list[int]] = {}
@@ -125,7 +150,7 @@ class SequentialRanker(Ranker):
         for r, feed in enumerate(feeds):
             items[r, : len(feed)] = [i for _, i in feed]
         modelled = [n for n in range(len(requests)) if positions[n][2]]
-        out: list[list[dict[str, Any]] | None] = [None] * len(requests)
+        out: list[list[Recommendation] | None] = [None] * len(requests)
         states_out: dict[str, ModelState] = {}
         if modelled:
             gather = np.array([positions[n][0] * (width + 1) + positions[n][1] for n in modelled])
@@ -147,12 +172,17 @@ class SequentialRanker(Ranker):
                         model.version,
                         last.n_events,
                     )
-        for n, items_n in enumerate(out):
-            if items_n is None:  # nothing the model knows about this user yet
-                out[n] = self.fallback.rank_one(requests[n].state)
-        return RankResult(out, states_out)  # type: ignore[arg-type]
+        cold = [n for n, items_n in enumerate(out) if items_n is None]
+        if cold:  # nothing the model knows about these users yet
+            for n, items_n in zip(
+                cold, self.fallback.rank_states([requests[n].state for n in cold]), strict=True
+            ):
+                out[n] = items_n
+        return out, states_out  # type: ignore[return-value]
 
-    def _explain(self, state: SessionState, scores: np.ndarray, top: np.ndarray) -> list[dict]:
+    def _explain(
+        self, state: SessionState, scores: np.ndarray, top: np.ndarray
+    ) -> list[Recommendation]:
         """Reasons from what the user did: the strongest co-occurrence link to a recent
         item when there is one, else the recent sequence the model continued."""
         recent = [(e[0], e[1]) for e in state.entries if e[0] is not None][-5:]
@@ -180,8 +210,8 @@ class SequentialRanker(Ranker):
             if link:
                 reasons.append(f'often together with "{titles.get(link[0], link[0])}"')
             items.append(
-                _item(
-                    item_id, round(float(s), 4), reasons or ["predicted from your activity"], titles
+                Recommendation(
+                    item_id, round(float(s), 4), reasons or ["predicted from your activity"]
                 )
             )
             if len(items) == self.top_k:
@@ -192,18 +222,18 @@ class SequentialRanker(Ranker):
 class GraphRanker:
     """A base ranker's candidates joined with the knowledge graph (join.py)."""
 
-    def __init__(self, base: Ranker, join: Any) -> None:
+    def __init__(self, base: CandidateRanker, join: Any) -> None:
         self.base, self.join = base, join
+        join.model_titles = base.titles
         self.version = base.version
         self.top_k = join.s.top_k
 
     def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
-        result = self.base.rank_batch(requests)
+        lists, states = self.base.candidates(requests)
         items = [
-            self.join.join(req.state, cands)
-            for req, cands in zip(requests, result.items, strict=True)
+            self.join.join(req.state, cands) for req, cands in zip(requests, lists, strict=True)
         ]
-        return RankResult(items, result.model_states)
+        return RankResult(items, states)
 
 
 def known_items(ranker: Ranker) -> set[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from streamrec.baseline import Recommendation
 from streamrec.graph import (
     GraphIndex,
     apply_catalog_update,
@@ -88,7 +89,7 @@ def test_join_filters_diversifies_and_explains(index: GraphIndex) -> None:
         known={"1", "2", "3", "4", "5"},
     )
     state = SessionState(entries=[view("1"), view("4", "purchase", 1)], n_events=2)
-    cands = [{"item_id": i, "score": 1.0, "reasons": ["model"]} for i in ("5", "4", "2", "3")]
+    cands = [Recommendation(i, 1.0, ["model"]) for i in ("5", "4", "2", "3")]
     out = join.join(state, cands)
     ids = [c["item_id"] for c in out]
     assert "5" not in ids and "4" not in ids  # unavailable, bought
@@ -97,7 +98,7 @@ def test_join_filters_diversifies_and_explains(index: GraphIndex) -> None:
     assert out[1]["reasons"][0].startswith('often bought with "Ronin"')
     # diversity: Bug's Life and Cars share Animation; at most one per genre value
     join2 = GraphJoin(index, JoinSettings(top_k=2, max_per_value=1, short_history=0), known=set())
-    many = [{"item_id": i, "score": 1.0, "reasons": ["m"]} for i in ("2", "1", "3")]
+    many = [Recommendation(i, 1.0, ["m"]) for i in ("2", "1", "3")]
     assert [c["item_id"] for c in join2.join(SessionState(), many)] == ["2", "3"]
 
 
