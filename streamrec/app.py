@@ -23,6 +23,7 @@ from pathlib import Path
 import faust
 
 from . import metrics
+from .config import aiokafka_security, faust_credentials
 from .events import Rejected, decode_catalog
 from .graph import GraphIndex, apply_catalog_update, load_index
 from .join import GraphJoin, JoinSettings
@@ -65,6 +66,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         stream_buffer_maxsize=max(4096, spec.batch_size * 4),
         web_enabled=False,
         consumer_group_instance_id=settings.instance_id,
+        broker_credentials=faust_credentials(),  # STREAMREC_KAFKA_SECURITY_PROTOCOL etc.
     )
     raw = {
         "key_type": bytes,
@@ -212,6 +214,7 @@ async def read_catalog(app: faust.App, topo: Topology, bootstrap: str, index: Gr
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",
+        **aiokafka_security(),
     )
     await consumer.start()
     try:

@@ -74,11 +74,14 @@ def run_faust_passthrough(
     bootstrap: str, source: str, sink: str, group: str, batch: int, linger_ms: int
 ) -> None:
     """(b) a bare Faust agent: take a batch, decode, send each, no state or model."""
+    import tempfile
+
     import faust
 
     app = faust.App(
         group,
         broker=f"kafka://{bootstrap}",
+        datadir=tempfile.mkdtemp(prefix="streamrec-bench-faust-"),  # not the cwd
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10,

@@ -56,3 +56,65 @@ def producer_config(bootstrap: str | None = None, **overrides: Any) -> dict[str,
             **overrides,
         },
     )
+
+
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def faust_credentials(settings: dict[str, str] | None = None) -> Any:
+    """The same ``STREAMREC_KAFKA_*`` security settings as Faust credentials, for the
+    worker's own (aiokafka) consumer, producer and admin client, so the worker connects
+    exactly like the confluent-kafka commands do. ``None`` means PLAINTEXT.
+
+    Understood: ``security.protocol`` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL),
+    ``sasl.mechanism`` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), ``sasl.username``,
+    ``sasl.password``, ``ssl.ca.location``, ``ssl.certificate.location``,
+    ``ssl.key.location``, ``ssl.key.password``,
+    ``enable.ssl.certificate.verification``. Anything else is refused with a clear
+    error rather than silently connecting without it."""
+    import faust
+
+    s = passthrough_settings() if settings is None else settings
+    protocol = s.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol not in ("SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ValueError(f"security.protocol {protocol!r} is not a Kafka security protocol")
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        import ssl
+
+        from aiokafka.helpers import create_ssl_context
+
+        context = create_ssl_context(
+            cafile=s.get("ssl.ca.location"),
+            certfile=s.get("ssl.certificate.location"),
+            keyfile=s.get("ssl.key.location"),
+            password=s.get("ssl.key.password"),
+        )
+        if s.get("enable.ssl.certificate.verification", "true").lower() == "false":
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    mechanism = s.get("sasl.mechanism", "PLAIN").upper()
+    if mechanism not in SASL_MECHANISMS:
+        raise ValueError(
+            f"sasl.mechanism {mechanism!r} is not supported by the worker "
+            f"(supported: {', '.join(SASL_MECHANISMS)})"
+        )
+    if not s.get("sasl.username") or s.get("sasl.password") is None:
+        raise ValueError("SASL needs STREAMREC_KAFKA_SASL_USERNAME and _SASL_PASSWORD")
+    return faust.SASLCredentials(
+        username=s["sasl.username"],
+        password=s["sasl.password"],
+        ssl_context=context,
+        mechanism=mechanism,
+    )
+
+
+def aiokafka_security(settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for an aiokafka client built outside Faust (the catalog reader)."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    return dict(credentials_to_aiokafka_auth(faust_credentials(settings)))
