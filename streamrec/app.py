@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+from faust.types import TP
 
 from . import metrics
 from .config import aiokafka_security, faust_credentials
@@ -175,6 +176,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
             metrics.record_batch(
                 result, records, ranker.version, t1 - t0, t2 - t1, time.perf_counter() - t2, done
             )
+            _record_lag(app, records)
             if result.invalid or result.redelivered or result.rekeyed:
                 log.info(
                     "batch of %d: %d answered, %d dead-lettered, %d redelivered, %d re-keyed",
@@ -186,6 +188,20 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 )
 
     return app
+
+
+def _record_lag(app: faust.App, records: list[Record]) -> None:
+    """Consumer lag per partition from the fetcher's high watermark (no broker call)."""
+    last: dict[tuple[str, int], int] = {}
+    for rec in records:
+        last[(rec.topic, rec.partition)] = rec.offset
+    for (topic, partition), offset in last.items():
+        try:
+            high = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned any more (rebalance): nothing to report
+            continue
+        if high is not None:
+            metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, high - offset - 1))
 
 
 def _joiner(topo: Topology, index: GraphIndex):

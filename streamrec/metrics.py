@@ -39,6 +39,11 @@ END_TO_END_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 MODEL_VERSION = Gauge("streamrec_model_info", "The model version serving (value 1)", ["version"])
+CONSUMER_LAG = Gauge(
+    "streamrec_consumer_lag",
+    "Events in the partition not answered yet (high watermark - next offset), after each batch",
+    ["partition"],
+)
 
 
 STALE_S = 30.0

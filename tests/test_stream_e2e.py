@@ -30,6 +30,7 @@ from .helpers import (
     dead_letter_payloads,
     fresh_topology,
     split_log,
+    wait_for,
 )
 
 pytestmark = pytest.mark.broker
@@ -134,6 +135,8 @@ def test_worker_metrics_are_scraped(reference_run: Run) -> None:
     assert values[("streamrec_stage_seconds_count", (("stage", "process"),))] > 0
     assert values[("streamrec_event_to_recommendation_seconds_count", ())] >= 3000
     assert any(name == "streamrec_model_info" and v == 1 for (name, _), v in values.items())
+    lags = [v for (name, _), v in values.items() if name == "streamrec_consumer_lag"]
+    assert lags and all(v >= 0 for v in lags)  # scraped once everything was answered
 
 
 def test_every_valid_event_answered_exactly_once(reference_run: Run) -> None:
@@ -215,11 +218,14 @@ def test_sigkill_mid_replay_loses_nothing(
     sender.start()
     assert recs.wait_count(800, 60), f"worker never got going; see {log}"
     kill_process(worker)
-    killed_at = len(recs.docs)
+    killed, killed_at = time.monotonic(), len(recs.docs)
     time.sleep(1.0)
     worker = start_worker(
         model=small_model, data_dir=data_dir, bootstrap=broker, topology=topo_file, log=log
     )
+    before_restart = len(recs.docs)
+    wait_for(lambda: len(recs.docs) > before_restart, ANSWER_TIMEOUT)
+    recovery_s = time.monotonic() - killed
     sender.join()
     assert sent["summary"].failed == 0
     run = _finish(
@@ -238,7 +244,8 @@ def test_sigkill_mid_replay_loses_nothing(
     dupes = sum(v - 1 for v in counts.values())
     print(
         f"\n[restart, {BROKER_NAME}] killed after {killed_at} answers; "
-        f"{len(counts)} events answered, {dupes} duplicate answers (at-least-once)"
+        f"{len(counts)} events answered, {dupes} duplicate answers (at-least-once), "
+        f"0 lost; answering again {recovery_s:.1f}s after the kill (1 s of it down)"
     )
     assert set(counts) == set(contents.valid_ids), "a valid event went unanswered"
     assert len(run.dead) >= len(contents.invalid)
