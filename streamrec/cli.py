@@ -461,6 +461,7 @@ def evaluate(
         ),
     ] = None,
     bootstrap: Bootstrap = None,
+    topology: TopologyOpt = None,
     workdir: Annotated[Path, typer.Option(help="Scratch space for --stream.")] = Path(
         ".streamrec/evaluate"
     ),
@@ -484,7 +485,10 @@ def evaluate(
         ["users", "NDCG@10", "HR@10", "NDCG@20", "HR@20"],
     )
     if graph is not None:
-        joined = evaluate_join(events, model, graph)
+        topo = _topology(topology)  # the join as the worker runs it
+        joined = evaluate_join(
+            events, model, graph, top_k=topo.worker.top_k, candidates=topo.join.candidates
+        )
         _print_table(
             f"{events.name}: the knowledge-graph join off vs on",
             joined,

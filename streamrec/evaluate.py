@@ -243,7 +243,11 @@ def evaluate_stream(
 
 
 def evaluate_join(
-    events: str | Path, model_dir: str | Path, graph_dir: str | Path, top_k: int = 10
+    events: str | Path,
+    model_dir: str | Path,
+    graph_dir: str | Path,
+    top_k: int = 10,
+    candidates: int = 50,
 ) -> dict[str, dict[str, float]]:
     """The served ranker with the graph join off and on, same split, same run: accuracy,
     catalog coverage, intra-list diversity, and the cold-start slices (users seen with
@@ -256,7 +260,7 @@ def evaluate_join(
     seqs = load_sequences(events)
     split = leave_one_out(seqs)
     index = load_index(graph_dir)
-    base = load_ranker(model_dir, top_k=50)
+    base = load_ranker(model_dir, top_k=candidates)  # as the worker asks (topology join)
     joined = GraphRanker(base, GraphJoin(index, JoinSettings(top_k=top_k), known=known_items(base)))
     trained = {e[0] for s in split.train.values() for e in s}
     slices = {
