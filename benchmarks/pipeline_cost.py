@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=3706)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--no-gc-tuning", action="store_true", help="measure without tune_gc()")
+    ap.add_argument("--candidates", type=int, help="model candidates for the join (topology)")
     args = ap.parse_args()
     topo = load_topology()
     spec = topo.worker
@@ -60,7 +61,8 @@ def main() -> None:
         model_path = model.save(Path(tempfile.mkdtemp()) / "model")
     index = load_index(args.graph) if args.graph else GraphIndex()
     wrap = _joiner(topo, index)
-    candidates = max(spec.top_k, topo.join.candidates) if topo.join.enabled else spec.top_k
+    asked = args.candidates or topo.join.candidates
+    candidates = max(spec.top_k, asked) if topo.join.enabled else spec.top_k
     base = load_ranker(model_path, candidates)
     ranker = wrap(base) if wrap else base
     records = [

@@ -186,33 +186,31 @@ class SequentialRanker(CandidateRanker):
         """Reasons from what the user did: the strongest co-occurrence link to a recent
         item when there is one, else the recent sequence the model continued."""
         recent = [(e[0], e[1]) for e in state.entries if e[0] is not None][-5:]
-        last_item, last_type = recent[-1] if recent else (None, "view")
         titles, fb = self.titles, self.fallback.model
-        links: dict[str, tuple[str, str]] = {}
-        for item, etype in recent:  # most recent last, so it wins
-            idx = fb.index.get(item)
-            if idx is not None:
-                for j, _ in fb._nbrs[idx]:
-                    links[fb.item_ids[j]] = (item, etype)
+        sequence: list[str] = []
+        if recent:  # the same first reason for every item: format it once
+            last_item, last_type = recent[-1]
+            verb = PAST_TENSE.get(last_type, "interacted with")
+            title = titles.get(last_item, last_item)
+            sequence = [f'next in sequences like yours, after "{title}", which you {verb}']
+        # Co-occurrence neighbours of the recent items, most recent first: it wins.
+        linked = [(fb.neighbour_ids(item), item) for item, _ in reversed(recent)]
+        together: dict[str, str] = {}
         items = []
-        for s, j in zip(scores, top, strict=True):
+        for s, j in zip(scores.tolist(), top.tolist(), strict=True):
             if j <= 0 or not np.isfinite(s):
                 continue
             item_id = self.model.items[j - 1]
-            reasons = []
-            if last_item is not None:
-                verb = PAST_TENSE.get(last_type, "interacted with")
-                reasons.append(
-                    f'next in sequences like yours, after "{titles.get(last_item, last_item)}", '
-                    f"which you {verb}"
-                )
-            link = links.get(item_id)
-            if link:
-                reasons.append(f'often together with "{titles.get(link[0], link[0])}"')
+            reasons = list(sequence)
+            for ids, link in linked:
+                if item_id in ids:
+                    reason = together.get(link)
+                    if reason is None:
+                        reason = together[link] = f'often together with "{titles.get(link, link)}"'
+                    reasons.append(reason)
+                    break
             items.append(
-                Recommendation(
-                    item_id, round(float(s), 4), reasons or ["predicted from your activity"]
-                )
+                Recommendation(item_id, round(s, 4), reasons or ["predicted from your activity"])
             )
             if len(items) == self.top_k:
                 break

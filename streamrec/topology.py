@@ -43,7 +43,7 @@ class JoinSpec:
     expand from the graph, and the diversity rule."""
 
     enabled: bool = True
-    candidates: int = 50
+    candidates: int = 30
     short_history: int = 2
     attribute: str = "genre"
     max_per_value: int = 4
