@@ -206,6 +206,7 @@ class BenchConfig:
     model: Path | None = None
     graph: Path | None = None
     systems: tuple[str, ...] = SYSTEMS
+    topology: Topology | None = None  # default: the packaged topology
 
 
 @dataclass
@@ -279,7 +280,7 @@ def bench_system(
     """Max rate from a backlog, then latency at fractions of ``target_rate`` (or of this
     system's own max when None: the worker is measured first and sets the loads)."""
     result = SystemResult()
-    topo = load_topology().namespaced(f"bench{system}{uuid.uuid4().hex[:6]}")
+    topo = (cfg.topology or load_topology()).namespaced(f"bench{system}{uuid.uuid4().hex[:6]}")
     topo_file = topo.dump(cfg.workdir / f"{topo.app_id}.yaml")
     create_topology_topics(topo, bootstrap)
     values, keys = make_events(cfg, f"{system}-max")
@@ -383,6 +384,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict
         "broker": BROKER_NAME if broker else cfg.bootstrap,
         "machine": f"{os.cpu_count()} CPUs",
         "config": {
+            "batch_size": (cfg.topology or load_topology()).worker.batch_size,
+            "linger_ms": (cfg.topology or load_topology()).worker.linger_ms,
             "events": cfg.events,
             "users": cfg.users,
             "items": cfg.items,

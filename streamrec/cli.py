@@ -521,12 +521,15 @@ def bench(
         ".streamrec/bench"
     ),
     bootstrap: Bootstrap = None,
+    topology: TopologyOpt = None,
 ) -> None:
     """Throughput and latency: raw Kafka loop vs bare Faust vs the full worker."""
     from .bench import BenchConfig, run_bench
 
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
+    topo = _topology(topology)  # the worker's batching knobs come from here
     cfg = BenchConfig(
+        topology=topo,
         events=events,
         users=users,
         items=items,
