@@ -82,6 +82,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         key_type=bytes,
         value_type=bytes,
         extra_topic_configs=topo.sessions_config,
+        options=dict(topo.sessions_rocksdb),  # Faust's RocksDBOptions, per partition
     )
     # Tables take their codec from key/value *types* (json for non-models); our state is
     # already orjson bytes, so store and changelog them as they are.

@@ -49,6 +49,17 @@ class JoinSpec:
     max_per_value: int = 4
 
 
+# RocksDB memory per sessions partition (Faust's RocksDBOptions). Faust's defaults
+# (3 x 64 MiB write buffers, a 2 GiB block cache per partition) let a worker's RSS
+# grow to gigabytes; these bound it (benchmarks/state_scale.py measures RSS vs users).
+ROCKSDB_DEFAULTS = {
+    "write_buffer_size": 16 * 2**20,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 32 * 2**20,
+    "block_cache_compressed_size": 8 * 2**20,
+}
+
+
 @dataclass(frozen=True)
 class Topology:
     app_id: str
@@ -58,6 +69,7 @@ class Topology:
     worker: WorkerSpec
     join: JoinSpec = field(default_factory=JoinSpec)
     source: str = "<memory>"
+    sessions_rocksdb: dict[str, int] = field(default_factory=lambda: dict(ROCKSDB_DEFAULTS))
 
     @property
     def events(self) -> TopicSpec:
@@ -102,7 +114,13 @@ class Topology:
                 role: {"name": s.name, "partitions": s.partitions, "config": s.config}
                 for role, s in self.topics.items()
             },
-            "tables": {"sessions": {"name": self.sessions_table, "config": self.sessions_config}},
+            "tables": {
+                "sessions": {
+                    "name": self.sessions_table,
+                    "config": self.sessions_config,
+                    "rocksdb": dict(self.sessions_rocksdb),
+                }
+            },
             "worker": self.worker.__dict__.copy(),
             "join": self.join.__dict__.copy(),
         }
@@ -162,7 +180,18 @@ def parse_topology(doc: Any, source: str = "<memory>") -> Topology:
         _positive_int(getattr(join, name), f"{source}: join.{name}")
     if not isinstance(join.short_history, int) or join.short_history < 0:
         raise TopologyError(f"{source}: join.short_history must be an integer >= 0")
+    rocksdb = dict(ROCKSDB_DEFAULTS)
+    raw_rocksdb = sessions.get("rocksdb") or {}
+    bad = sorted(set(raw_rocksdb) - set(ROCKSDB_DEFAULTS))
+    if bad:
+        raise TopologyError(
+            f"{source}: unknown tables.sessions.rocksdb settings {bad}; "
+            f"known: {sorted(ROCKSDB_DEFAULTS)}"
+        )
+    for key, value in raw_rocksdb.items():
+        rocksdb[key] = _positive_int(value, f"{source}: tables.sessions.rocksdb.{key}")
     return Topology(
+        sessions_rocksdb=rocksdb,
         join=join,
         app_id=app_id,
         topics=topics,

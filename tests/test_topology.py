@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streamrec.topology import TopologyError, load_topology, parse_topology
+from streamrec.topology import ROCKSDB_DEFAULTS, TopologyError, load_topology, parse_topology
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,3 +67,21 @@ def test_namespaced_dump_roundtrip(tmp_path: Path) -> None:
     again = load_topology(topo.dump(tmp_path / "t.yaml"))
     assert again.topics == topo.topics and again.worker == topo.worker
     assert again.sessions_changelog == topo.sessions_changelog
+
+
+def test_rocksdb_memory_settings_reach_faust(small_model, tmp_path) -> None:
+    """The topology's per-partition RocksDB memory bounds are what Faust opens with."""
+    from streamrec.app import WorkerSettings, create_app
+
+    text = load_topology().to_dict()
+    text["tables"]["sessions"]["rocksdb"] = {"write_buffer_size": 8 * 2**20}
+    topo = parse_topology(text)
+    app = create_app(
+        WorkerSettings(topology=topo, bootstrap="x:1", model_path=small_model, data_dir=tmp_path)
+    )
+    opts = app.tables[topo.sessions_table].data.rocksdb_options
+    assert opts.write_buffer_size == 8 * 2**20
+    assert opts.block_cache_size == ROCKSDB_DEFAULTS["block_cache_size"]
+    text["tables"]["sessions"]["rocksdb"] = {"cache": 1}
+    with pytest.raises(TopologyError, match=r"unknown tables\.sessions\.rocksdb"):
+        parse_topology(text)
