@@ -167,12 +167,19 @@ class OutputReader(threading.Thread):
         return len(self.arrivals) >= n
 
 
-def _produce(
-    bootstrap: str, topic: str, events: list[bytes], keys: list[bytes], rate: float | None
+def produce_paced(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    keys: list[bytes | None],
+    rate: float | None = None,
+    **config: Any,
 ) -> None:
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 2}))
+    """Send ``values`` keyed by ``keys``, at ``rate`` messages/s (None: as fast as the
+    producer takes them), and wait until the broker has them all."""
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": 2, **config}))
     start = time.perf_counter()
-    for n, (value, key) in enumerate(zip(events, keys, strict=True)):
+    for n, (value, key) in enumerate(zip(values, keys, strict=True)):
         if rate:
             delay = start + n / rate - time.perf_counter()
             if delay > 0:
@@ -284,7 +291,7 @@ def bench_system(
     topo_file = topo.dump(cfg.workdir / f"{topo.app_id}.yaml")
     create_topology_topics(topo, bootstrap)
     values, keys = make_events(cfg, f"{system}-max")
-    _produce(bootstrap, topo.events.name, values, keys, None)  # the backlog
+    produce_paced(bootstrap, topo.events.name, values, keys)  # the backlog
     reader = OutputReader(bootstrap, topo.recommendations.name)
     reader.start()
     port = free_port()
@@ -317,7 +324,7 @@ def bench_system(
             )
             before = len(reader.latencies)
             t_start = time.time() * 1000
-            _produce(bootstrap, topo.events.name, vals, ks, rate)
+            produce_paced(bootstrap, topo.events.name, vals, ks, rate)
             reader.wait(len(values) + sum(x["events"] for x in result.loads) + n, 120)
             lat = [v for t, v in reader.latencies[before:] if t >= t_start]
             result.loads.append(

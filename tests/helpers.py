@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ from pathlib import Path
 from streamrec.broker import create_topology_topics
 from streamrec.datasets import iter_lines
 from streamrec.events import Rejected, decode_event
+from streamrec.procs import start_worker
 from streamrec.state import SessionState
 from streamrec.subscribe import consume
 from streamrec.topology import Topology, load_topology
@@ -67,6 +69,29 @@ class Collector(threading.Thread):
         self._stop_flag.set()
         self.join(10)
         return self.docs
+
+
+def collecting(topic: str, bootstrap: str) -> Collector:
+    """A started :class:`Collector`."""
+    collector = Collector(topic, bootstrap)
+    collector.start()
+    return collector
+
+
+def start_test_worker(
+    broker: str, model: Path, topo_file: Path, tmp: Path, name: str = "", **extra
+) -> tuple[subprocess.Popen, Path]:
+    """A worker process with its state in ``tmp/state<name>``; returns it and its log."""
+    log = tmp / f"worker{name}.log"
+    worker = start_worker(
+        model=model,
+        data_dir=tmp / f"state{name}",
+        bootstrap=broker,
+        topology=topo_file,
+        log=log,
+        **extra,
+    )
+    return worker, log
 
 
 def fresh_topology(bootstrap: str, tmp: Path, suffix: str | None = None) -> tuple[Topology, Path]:

@@ -12,32 +12,18 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
-from streamrec.config import producer_config
+from streamrec.bench import produce_paced
 from streamrec.datasets import generate_log
-from streamrec.procs import start_worker, stop_process
+from streamrec.procs import stop_process
 
-from .helpers import Collector, answered_counts, fresh_topology
+from .helpers import answered_counts, collecting, fresh_topology, start_test_worker
 
 pytestmark = pytest.mark.broker
 
 
-def _produce(producer: Producer, topic: str, messages, rate: float | None = None) -> None:
-    start = time.perf_counter()
-    for n, (key, value) in enumerate(messages):
-        if rate:
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.01)
-        producer.poll(0)
-    producer.flush(60)
+def _send(broker: str, topic: str, messages, rate: float | None = None, **config) -> None:
+    produce_paced(broker, topic, [v for _, v in messages], [k for k, _ in messages], rate, **config)
 
 
 def _event(n: int, user: str, item: str) -> tuple[bytes, bytes]:
@@ -55,52 +41,35 @@ def test_invalid_flood_does_not_stall_valid_events(
     broker: str, small_model: Path, tmp_path: Path
 ) -> None:
     topo, topo_file = fresh_topology(broker, tmp_path)
-    recs = Collector(topo.recommendations.name, broker)
-    dead = Collector(topo.dead_letter.name, broker)
-    recs.start()
-    dead.start()
-    log = tmp_path / "worker.log"
-    worker = start_worker(
-        model=small_model,
-        data_dir=tmp_path / "state",
-        bootstrap=broker,
-        topology=topo_file,
-        log=log,
-    )
+    recs = collecting(topo.recommendations.name, broker)
+    dead = collecting(topo.dead_letter.name, broker)
+    worker, log = start_test_worker(broker, small_model, topo_file, tmp_path)
     try:
-        _produce(Producer(producer_config(broker)), topo.events.name, [_event(0, "u0", "i1")])
+        _send(broker, topo.events.name, [_event(0, "u0", "i1")])
         assert recs.wait_count(1, 90), f"worker not answering; see {log}"
         junk = [(os.urandom(4), os.urandom(64 + n % 200)) for n in range(20_000)]
         huge = [(b"big", b'{"event_id": "' + b"x" * 300_000 + b'"}') for _ in range(30)]
         flood = junk[:10_000] + huge + junk[10_000:]
         valid = [_event(n, f"u{n % 50}", f"i{n % 150}") for n in range(1, 401)]
-        sent_at: dict[str, float] = {}
-
-        def steady() -> None:  # 100 valid events/s for 4 s, during the flood
-            p = Producer(producer_config(broker))
-            for key, value in valid:
-                sent_at[orjson.loads(value)["event_id"]] = time.time()
-                _produce(p, topo.events.name, [(key, value)])
-                time.sleep(0.01)
-
         flooder = threading.Thread(
-            target=_produce,
-            args=(Producer(producer_config(broker, **{"message.max.bytes": 2_000_000})),),
-            kwargs={"topic": topo.events.name, "messages": flood},
+            target=_send,
+            args=(broker, topo.events.name, flood),
+            kwargs={"message.max.bytes": 2_000_000},
         )
         t0 = time.time()
         flooder.start()
-        steady()
+        _send(broker, topo.events.name, valid, 100.0)  # 100 valid events/s during it
         flooder.join()
         assert recs.wait_count(1 + len(valid), 120), f"{len(recs.docs)} answered; see {log}"
         assert dead.wait_count(len(flood), 180), f"{len(dead.docs)} dead-lettered; see {log}"
         recs.wait_quiet(2.0, 10)
         counts = answered_counts(recs.docs)
         assert all(counts[f"v{n}"] == 1 for n in range(1, 401))
-        lags = sorted(
-            d["produced_at"] / 1000 - sent_at[d["event_id"]]
+        ids = {f"v{n}" for n in range(1, 401)}
+        lags = sorted(  # event's Kafka timestamp -> its recommendation
+            (d["produced_at"] - d["timings"]["source_ts"]) / 1000
             for d in recs.docs
-            if d["event_id"] in sent_at
+            if d["event_id"] in ids
         )
         codes = {d["error_code"] for d in dead.docs}
         assert codes <= {"not_utf8", "not_json", "schema", "oversized"}, codes
@@ -130,18 +99,9 @@ def test_catalog_updates_under_load(broker: str, small_model: Path, tmp_path: Pa
     no unavailable item is recommended."""
     topo, topo_file = fresh_topology(broker, tmp_path)
     events, _ = generate_log(users=150, items=200, events_per_user=20, seed=3)
-    recs = Collector(topo.recommendations.name, broker)
-    dead = Collector(topo.dead_letter.name, broker)
-    recs.start()
-    dead.start()
-    log = tmp_path / "worker.log"
-    worker = start_worker(
-        model=small_model,
-        data_dir=tmp_path / "state",
-        bootstrap=broker,
-        topology=topo_file,
-        log=log,
-    )
+    recs = collecting(topo.recommendations.name, broker)
+    dead = collecting(topo.dead_letter.name, broker)
+    worker, log = start_test_worker(broker, small_model, topo_file, tmp_path)
     try:
         updates = []
         for n in range(300):
@@ -156,18 +116,15 @@ def test_catalog_updates_under_load(broker: str, small_model: Path, tmp_path: Pa
         blocked = {i for i, off in unavailable.items() if off}
         cat = [(u["item_id"].encode(), orjson.dumps(u)) for u in updates]
         evs = [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
-        catalog_sender = threading.Thread(
-            target=_produce,
-            args=(Producer(producer_config(broker)), topo.catalog.name, cat, 60.0),
-        )
+        catalog_sender = threading.Thread(target=_send, args=(broker, topo.catalog.name, cat, 60.0))
         catalog_sender.start()
-        _produce(Producer(producer_config(broker)), topo.events.name, evs, 600.0)
+        _send(broker, topo.events.name, evs, 600.0)
         catalog_sender.join()
         assert recs.wait_count(len(events), 120), f"{len(recs.docs)} answered; see {log}"
         # After the last update has surely been applied, probe every user once more.
         time.sleep(2.0)
         probes = [_event(10_000 + n, f"u{n}", "i3") for n in range(150)]
-        _produce(Producer(producer_config(broker)), topo.events.name, probes)
+        _send(broker, topo.events.name, probes)
         assert recs.wait_count(len(events) + len(probes), 60), f"see {log}"
         recs.wait_quiet(2.0, 10)
         counts = answered_counts(recs.docs)
