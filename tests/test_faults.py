@@ -9,10 +9,10 @@ import pytest
 
 from streamrec.broker import BROKER_NAME, EmbeddedBroker
 from streamrec.datasets import generate_log, write_jsonl
-from streamrec.procs import start_worker, stop_process
+from streamrec.procs import stop_process
 from streamrec.replay import replay
 
-from .helpers import Collector, answered_counts, fresh_topology
+from .helpers import Collector, answered_counts, fresh_topology, start_test_worker
 
 pytestmark = pytest.mark.broker
 
@@ -26,14 +26,8 @@ def test_broker_restart_workers_reconnect_and_resume(small_model: Path, tmp_path
     worker = None
     try:
         topo, topo_file = fresh_topology(bootstrap, tmp_path, "restart")
-        log = tmp_path / "worker.log"
-        worker = start_worker(
-            model=small_model,
-            data_dir=tmp_path / "state",
-            bootstrap=bootstrap,
-            topology=topo_file,
-            log=log,
-            env={"STREAMREC_METRICS_PORT": "0"},
+        worker, log = start_test_worker(
+            bootstrap, small_model, topo_file, tmp_path, env={"STREAMREC_METRICS_PORT": "0"}
         )
         replay(tmp_path / "a.jsonl", topo.events.name, bootstrap=bootstrap)
         recs = Collector(topo.recommendations.name, bootstrap)

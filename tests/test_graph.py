@@ -154,9 +154,9 @@ def test_catalog_updates_change_the_next_recommendations(
 
     from streamrec.config import producer_config
     from streamrec.datasets import generate_log
-    from streamrec.procs import start_worker, stop_process
+    from streamrec.procs import stop_process
 
-    from .helpers import Collector
+    from .helpers import Collector, start_test_worker
 
     topo, topo_file = topology
     _, catalog = generate_log(users=150, items=200, events_per_user=20, seed=3)
@@ -164,14 +164,8 @@ def test_catalog_updates_change_the_next_recommendations(
     producer = Producer(producer_config(broker))
     recs = Collector(topo.recommendations.name, broker)
     recs.start()
-    log = tmp_path / "worker.log"
-    worker = start_worker(
-        model=small_model,
-        data_dir=tmp_path / "state",
-        bootstrap=broker,
-        topology=topo_file,
-        log=log,
-        graph=tmp_path / "graph",
+    worker, log = start_test_worker(
+        broker, small_model, topo_file, tmp_path, graph=tmp_path / "graph"
     )
     sent = 0
 

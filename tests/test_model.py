@@ -185,10 +185,10 @@ def test_hot_swap_under_traffic_loses_and_repeats_nothing(
 ) -> None:
     """A worker on a models root; mid-replay CURRENT moves to another version."""
     from streamrec.datasets import iter_lines
-    from streamrec.procs import start_worker, stop_process
+    from streamrec.procs import stop_process
     from streamrec.replay import replay
 
-    from .helpers import Collector
+    from .helpers import Collector, start_test_worker
 
     topo, topo_file = topology
     root = tmp_path / "models"
@@ -202,10 +202,7 @@ def test_hot_swap_under_traffic_loses_and_repeats_nothing(
     second.write_bytes(b"\n".join(lines[1500:]) + b"\n")
     recs = Collector(topo.recommendations.name, broker)
     recs.start()
-    log = tmp_path / "worker.log"
-    worker = start_worker(
-        model=root, data_dir=tmp_path / "state", bootstrap=broker, topology=topo_file, log=log
-    )
+    worker, log = start_test_worker(broker, root, topo_file, tmp_path)
     try:
         replay(first, topo.events.name, bootstrap=broker)
         assert recs.wait_count(1500, 90), f"{len(recs.docs)} answered; see {log}"

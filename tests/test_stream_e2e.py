@@ -27,9 +27,11 @@ from .helpers import (
     Collector,
     answered_counts,
     changelog_states,
+    collecting,
     dead_letter_payloads,
     fresh_topology,
     split_log,
+    start_test_worker,
     wait_for,
 )
 
@@ -77,16 +79,26 @@ def _finish(
 SCRAPES: list[str] = []
 
 
+def _replay_in_background(topo: Topology, broker: str, rate: float):
+    """Replay the recorded log at ``rate`` from a thread; ``sent["summary"]`` at the end."""
+    sent: dict = {}
+    sender = threading.Thread(
+        target=lambda: sent.update(
+            summary=replay(REPLAY_LOG, topo.events.name, bootstrap=broker, rate=rate)
+        )
+    )
+    sender.start()
+    return sender, sent
+
+
 @pytest.fixture(scope="module")
 def reference_run(broker: str, small_model: Path, tmp_path_factory) -> Run:
     """The uninterrupted run every other expectation is compared with."""
     tmp = tmp_path_factory.mktemp("reference")
     topo, topo_file = fresh_topology(broker, tmp)
     contents = split_log()
-    recs = Collector(topo.recommendations.name, broker)
-    dead = Collector(topo.dead_letter.name, broker)
-    recs.start()
-    dead.start()
+    recs = collecting(topo.recommendations.name, broker)
+    dead = collecting(topo.dead_letter.name, broker)
     log = tmp / "worker.log"
     port = free_port()
     worker = start_worker(
@@ -201,21 +213,13 @@ def test_sigkill_mid_replay_loses_nothing(
 ) -> None:
     topo, topo_file = fresh_topology(broker, tmp_path)
     contents = split_log()
-    recs = Collector(topo.recommendations.name, broker)
-    dead = Collector(topo.dead_letter.name, broker)
-    recs.start()
-    dead.start()
+    recs = collecting(topo.recommendations.name, broker)
+    dead = collecting(topo.dead_letter.name, broker)
     data_dir, log = tmp_path / "state", tmp_path / "worker.log"
     worker = start_worker(
         model=small_model, data_dir=data_dir, bootstrap=broker, topology=topo_file, log=log
     )
-    sent: dict = {}
-    sender = threading.Thread(
-        target=lambda: sent.update(
-            summary=replay(REPLAY_LOG, topo.events.name, bootstrap=broker, rate=1000)
-        )
-    )
-    sender.start()
+    sender, sent = _replay_in_background(topo, broker, rate=1000)
     assert recs.wait_count(800, 60), f"worker never got going; see {log}"
     kill_process(worker)
     killed, killed_at = time.monotonic(), len(recs.docs)
@@ -280,14 +284,7 @@ def test_events_with_wrong_key_are_rekeyed_and_answered(
         key = None if n % 2 else b"not-the-user"
         producer.produce(topo.events.name, orjson.dumps(event), key)
     assert producer.flush(10) == 0
-    log = tmp_path / "worker.log"
-    worker = start_worker(
-        model=small_model,
-        data_dir=tmp_path / "state",
-        bootstrap=broker,
-        topology=topo_file,
-        log=log,
-    )
+    worker, log = start_test_worker(broker, small_model, topo_file, tmp_path)
     try:
         assert recs.wait_count(len(ids), 60), f"{len(recs.docs)} answered; see {log}"
     finally:
@@ -320,10 +317,8 @@ def test_two_workers_split_partitions_and_a_replacement_takes_over(
     broker to expire B; noida-db 0.2.3 never does — see README, "The embedded broker".)"""
     topo, topo_file = fresh_topology(broker, tmp_path)
     contents = split_log()
-    recs = Collector(topo.recommendations.name, broker)
-    dead = Collector(topo.dead_letter.name, broker)
-    recs.start()
-    dead.start()
+    recs = collecting(topo.recommendations.name, broker)
+    dead = collecting(topo.dead_letter.name, broker)
     ports = {name: free_port() for name in ("a", "b", "b2")}
 
     def worker(name: str, identity: str):
@@ -340,13 +335,7 @@ def test_two_workers_split_partitions_and_a_replacement_takes_over(
     b = worker("b", "worker-b")
     b2 = None
     try:
-        sent: dict = {}
-        sender = threading.Thread(
-            target=lambda: sent.update(
-                summary=replay(REPLAY_LOG, topo.events.name, bootstrap=broker, rate=400)
-            )
-        )
-        sender.start()
+        sender, sent = _replay_in_background(topo, broker, rate=400)
         assert recs.wait_count(900, 90), f"workers never got going; see {tmp_path}"
         split = {name: _scrape_events(ports[name]) for name in ("a", "b")}
         kill_process(b)
