@@ -225,3 +225,48 @@ def create_topology_topics(
     topology: Topology, bootstrap: str | None = None, replication: int = 1
 ) -> dict[str, str]:
     return create_topics(topology.all_topics(), bootstrap, replication)
+
+
+def group_members(group: str, bootstrap: str | None = None) -> dict[str, str]:
+    """A consumer group's members: group instance id (static id) -> member id."""
+    client = admin(bootstrap)  # keep it alive until the answer is in
+    desc = client.describe_consumer_groups([group])[group].result(15)
+    return {m.group_instance_id or m.member_id: m.member_id for m in desc.members}
+
+
+def remove_group_member(group: str, instance_id: str, bootstrap: str | None = None) -> str:
+    """Remove a static member that died from its group, so the group rebalances and the
+    surviving workers take over its partitions now (what Kafka's AdminClient
+    ``removeMembersFromConsumerGroup`` does). A broker expires a dead member by itself
+    after ``session.timeout.ms``; noida-db 0.2.3 never does, and a worker under a
+    static id that is not restarted holds its partitions until this is run.
+    Returns the removed member id; raises :class:`BrokerError` if there is none."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    from .config import aiokafka_security, bootstrap_servers
+
+    member = group_members(group, bootstrap).get(instance_id)
+    if member is None:
+        raise BrokerError(f"group {group!r} has no member with instance id {instance_id!r}")
+
+    async def leave() -> int:
+        client = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap_servers(bootstrap), **aiokafka_security()
+        )
+        await client.start()
+        try:
+            node = await client.find_coordinator(group)
+            # Neither Python client exposes member removal; LeaveGroup on the member's
+            # behalf is the request it consists of.
+            response = await client._client.send(node, LeaveGroupRequest(group, member))
+            return response.error_code
+        finally:
+            await client.close()
+
+    error = asyncio.run(leave())
+    if error:
+        raise BrokerError(f"LeaveGroup for {instance_id!r} in {group!r} failed: error {error}")
+    return member

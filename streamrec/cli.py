@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="Create or list the topology's topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+group_app = typer.Typer(help="The workers' consumer group.", no_args_is_help=True)
+app.add_typer(group_app, name="group")
 console = Console(stderr=True, soft_wrap=True)
 
 Bootstrap = Annotated[
@@ -113,6 +115,36 @@ def topics_list(bootstrap: Bootstrap = None, topology: TopologyOpt = None) -> No
         have = existing.get(spec.name)
         state = "missing" if have is None else f"{have} partitions"
         print(f"{spec.name:45s} want {spec.partitions:3d}  have {state}")
+
+
+@group_app.command("list")
+def group_list(bootstrap: Bootstrap = None, topology: TopologyOpt = None) -> None:
+    """The workers in the group: instance id and member id."""
+    topo = _topology(topology)
+    try:
+        members = broker_mod.group_members(topo.app_id, bootstrap)
+    except Exception as exc:
+        raise _fail(f"cannot describe group {topo.app_id!r}: {exc}") from None
+    for instance, member in sorted(members.items()):
+        print(f"{instance:40s} {member}")
+    if not members:
+        print(f"group {topo.app_id!r} has no members")
+
+
+@group_app.command("remove-member")
+def group_remove_member(
+    instance_id: Annotated[str, typer.Option(help="The dead worker's --instance-id.")],
+    bootstrap: Bootstrap = None,
+    topology: TopologyOpt = None,
+) -> None:
+    """Remove a dead worker from the group now, so the others take over its partitions
+    (Kafka does this itself after session.timeout.ms; the embedded broker never does)."""
+    topo = _topology(topology)
+    try:
+        member = broker_mod.remove_group_member(topo.app_id, instance_id, bootstrap)
+    except Exception as exc:
+        raise _fail(str(exc)) from None
+    print(f"removed {instance_id} ({member}) from {topo.app_id}; the group rebalances now")
 
 
 @app.command()
