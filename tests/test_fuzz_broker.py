@@ -1,8 +1,9 @@
 """Property-based fuzzing of the live worker through the broker: 10,000 generated
-messages (valid, mutated, garbage, huge, deeply nested, wrongly keyed, duplicate ids) in
-batches of 100. Property, per batch: every valid event is answered exactly once (wrongly
-keyed ones after re-keying), every other message is in the dead-letter topic at its own
-partition/offset with the decoder's reason; the worker never stops."""
+messages (valid, mutated, garbage, huge, deeply nested, wrongly keyed, and 10 % sent
+twice: duplicate event ids) in batches of 100. Property, per batch: every valid message
+is answered exactly once (wrongly keyed ones after re-keying; a duplicate is answered
+again but not applied twice), every other message is in the dead-letter topic at its
+own partition/offset with the decoder's reason; the worker never stops."""
 
 from __future__ import annotations
 
@@ -94,9 +95,13 @@ def _key(value: bytes, how: str) -> bytes | None:
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-@given(st.lists(st.tuples(live_inputs, keying), min_size=BATCH, max_size=BATCH))
-def test_worker_accounts_for_every_fuzzed_message(live, batch) -> None:
+@given(
+    st.lists(st.tuples(live_inputs, keying), min_size=BATCH - 10, max_size=BATCH - 10),
+    st.lists(st.integers(0, BATCH - 11), min_size=10, max_size=10),
+)
+def test_worker_accounts_for_every_fuzzed_message(live, batch, again) -> None:
     topo, worker, recs, dead, producer, log = live
+    batch = batch + [batch[n] for n in again]  # duplicates: same bytes, same event_id
     spec = topo.worker
     answers_before, dead_before = len(recs.docs), len(dead.docs)
     offsets: list[tuple[int, int] | None] = [None] * len(batch)
