@@ -313,8 +313,8 @@ def test_two_workers_split_partitions_and_a_replacement_takes_over(
     """Workers A and B share the group (4 partitions). B is SIGKILLed mid-replay and a
     replacement with B's identity but *no local state* (a new machine) takes over B's
     partitions, rebuilding their state from the changelog: nothing lost, every user's
-    state equal to the uninterrupted run's. (A taking B's partitions itself needs the
-    broker to expire B; noida-db 0.2.3 never does — see README, "The embedded broker".)"""
+    state equal to the uninterrupted run's. (A taking over B's partitions itself: the
+    survivor test below.)"""
     topo, topo_file = fresh_topology(broker, tmp_path)
     contents = split_log()
     recs = collecting(topo.recommendations.name, broker)
