@@ -37,11 +37,30 @@ class BrokerError(RuntimeError):
 
 
 def _noida_binary() -> str:
-    exe = Path(sys.executable).parent / "noida-db"
-    found = str(exe) if exe.exists() else shutil.which("noida-db")
-    if not found:
-        raise BrokerError("noida-db is not installed: pip install noida-db==0.2.3")
-    return found
+    """The broker binary inside the noida-db wheel (its ``noida-db`` console script is a
+    Python launcher around it; running the binary itself lets it die with its owner)."""
+    try:
+        from importlib.resources import files
+
+        binary = Path(str(files("noida_db").joinpath("noida-db")))
+    except ModuleNotFoundError:
+        raise BrokerError("noida-db is not installed: pip install noida-db==0.2.3") from None
+    if not binary.is_file():
+        raise BrokerError(f"noida-db's broker binary is missing at {binary}")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
+    return str(binary)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGINT it (the broker saves its data and exits) when the process
+    that started it dies, even by SIGKILL, so no orphaned broker keeps spinning. Linux
+    ties this to the starting thread, so start brokers from a long-lived thread."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 def broker_command(port: int, data_dir: Path) -> list[str]:
@@ -84,6 +103,7 @@ class EmbeddedBroker:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, we stop it in order
+            preexec_fn=_die_with_parent,
         )
         found = threading.Event()
         threading.Thread(target=self._pump, args=(found,), daemon=True).start()
