@@ -294,6 +294,28 @@ def test_events_with_wrong_key_are_rekeyed_and_answered(
     assert sum(s.n_events for s in states.values()) == len(ids)
 
 
+def _wait_until_serving(group: str, broker: str, ports: dict[str, int], timeout: float) -> None:
+    """Every worker is in the group and answers /ready (assigned, recovered, not
+    rebalancing), so traffic starts after the group has settled."""
+    from streamrec.broker import group_members
+
+    def ready(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as page:
+                return page.status == 200
+        except OSError:
+            return False
+
+    def settled() -> bool:
+        try:
+            members = group_members(group, broker)
+        except Exception:
+            return False
+        return len(members) == len(ports) and all(ready(port) for port in ports.values())
+
+    assert wait_for(settled, timeout), f"workers never settled in group {group}"
+
+
 def _scrape_events(port: int) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -335,6 +357,7 @@ def test_two_workers_split_partitions_and_a_replacement_takes_over(
     b = worker("b", "worker-b")
     b2 = None
     try:
+        _wait_until_serving(topo.app_id, broker, {"a": ports["a"], "b": ports["b"]}, 90)
         sender, sent = _replay_in_background(topo, broker, rate=400)
         assert recs.wait_count(900, 90), f"workers never got going; see {tmp_path}"
         split = {name: _scrape_events(ports[name]) for name in ("a", "b")}
@@ -398,6 +421,7 @@ def test_survivor_takes_over_a_killed_workers_partitions(
         for name, port in ports.items()
     }
     try:
+        _wait_until_serving(topo.app_id, broker, ports, 90)
         sender, sent = _replay_in_background(topo, broker, rate=400)
         assert recs.wait_count(900, 90), f"workers never got going; see {tmp_path}"
         before = {name: _scrape_events(port) for name, port in ports.items()}
@@ -427,6 +451,53 @@ def test_survivor_takes_over_a_killed_workers_partitions(
         assert {u: s.content() for u, s in changelog_states(topo, broker).items()} == ref
         survivor = read_table_files(tmp_path / "state-a")  # all partitions now
         assert {u: s.content() for u, s in survivor.items()} == ref
+    finally:
+        for proc in workers.values():
+            if proc.poll() is None:
+                stop_process(proc)
+
+
+def test_scale_out_under_traffic_loses_nothing(
+    broker: str, small_model: Path, reference_run: Run, tmp_path: Path
+) -> None:
+    """A second worker joins while the first is answering a 400 events/s replay: the
+    group rebalances under traffic, partitions and their state move, nothing is lost."""
+    topo, topo_file = fresh_topology(broker, tmp_path)
+    contents = split_log()
+    recs = collecting(topo.recommendations.name, broker)
+    ports = {"a": free_port(), "b": free_port()}
+
+    def worker(name: str):
+        return start_test_worker(
+            broker,
+            small_model,
+            topo_file,
+            tmp_path,
+            name=f"-{name}",
+            env={"STREAMREC_INSTANCE_ID": f"s-{name}", "STREAMREC_METRICS_PORT": str(ports[name])},
+        )[0]
+
+    workers = {"a": worker("a")}
+    try:
+        _wait_until_serving(topo.app_id, broker, {"a": ports["a"]}, 90)
+        sender, sent = _replay_in_background(topo, broker, rate=400)
+        assert recs.wait_count(300, 60), f"worker never got going; see {tmp_path}"
+        workers["b"] = worker("b")
+        sender.join()
+        assert sent["summary"].failed == 0
+        answered = recs.wait_count(len(contents.valid_ids), ANSWER_TIMEOUT)
+        recs.wait_quiet(2.0, 10)
+        split = {name: _scrape_events(port) for name, port in ports.items()}
+        counts = answered_counts(recs.close())
+        print(
+            f"\n[scale-out, {BROKER_NAME}] A {split['a']:.0f}, B {split['b']:.0f} events; "
+            f"{len(counts)}/{len(contents.valid_ids)} answered, "
+            f"{sum(v - 1 for v in counts.values())} duplicates"
+        )
+        assert answered and set(counts) == set(contents.valid_ids), f"see {tmp_path}"
+        assert split["b"] > 0, "the new worker never got partitions"
+        ref = {u: s.content() for u, s in reference_run.changelog.items()}
+        assert {u: s.content() for u, s in changelog_states(topo, broker).items()} == ref
     finally:
         for proc in workers.values():
             if proc.poll() is None:
