@@ -174,12 +174,17 @@ class GraphJoin:
                         best = (weight, age, phrase + ' "{t}"', "", h)
                     break  # the most recent co-link is the strongest one
         text = None
+        reasons = cand.reasons
         if best is not None:  # format only the winner
             h = best[4]
             htype = next(t for i, t in reversed(recent) if i == h)
             verb = PAST_TENSE.get(htype, "interacted with")
-            text = best[2].format(t=idx.title(h), v=best[3]) + f", which you {verb}"
-        reasons = list(cand.reasons)
+            title = idx.title(h)
+            text = best[2].format(t=title, v=best[3]) + f", which you {verb}"
+            if best[3] == "":  # a co-link: the model's "often together with" it says the same
+                same = f'often together with "{title}"'
+                reasons = [r for r in reasons if not r.startswith(same)]
+        reasons = list(reasons)
         if text is not None:
             reasons.insert(0, text)
         elif not reasons or reasons[0].startswith("one of the most popular"):

@@ -96,6 +96,10 @@ def test_join_filters_diversifies_and_explains(index: GraphIndex) -> None:
     assert ids == ["2", "3"]
     assert out[0]["reasons"][0] == 'same director as "Toy Story", which you rated'
     assert out[1]["reasons"][0].startswith('often bought with "Ronin"')
+    # The model's own "often together with" the same item is not repeated under it.
+    said_twice = [Recommendation("3", 1.0, ['often together with "Ronin", which you bought'])]
+    (only,) = join.join(state, said_twice)
+    assert only["reasons"] == [out[1]["reasons"][0]]
     # diversity: Bug's Life and Cars share Animation; at most one per genre value
     join2 = GraphJoin(index, JoinSettings(top_k=2, max_per_value=1, short_history=0), known=set())
     many = [Recommendation(i, 1.0, ["m"]) for i in ("2", "1", "3")]
