@@ -1,8 +1,9 @@
 """The Faust app: thin glue from the events topic to :func:`pipeline.process_batch`.
 
 Per batch (``take_events``: ``batch_size`` events or ``linger_ms``, whichever first):
-records -> process_batch -> session-table writes (RocksDB + changelog), recommendations,
-dead letters -> wait until Kafka has them -> Faust acks the batch. Offsets are committed
+records -> process_batch -> session-table writes (one RocksDB WriteBatch + changelog record
+batch per partition, sink.py), recommendations, dead letters (record batches per
+partition) -> wait until Kafka has them -> Faust acks the batch. Offsets are committed
 only after the producer is flushed (Faust does that on commit), so delivery is
 at-least-once and the state's own bookkeeping makes a redelivered event harmless.
 """
