@@ -61,9 +61,9 @@ class Recommendation:
 
 
 class CooccurrenceModel:
-    """Neighbour lists per item plus global popularity; ``recommend`` is pure Python
-    over at most ``history`` x ``neighbours`` entries, so its cost does not grow with
-    the catalog or the user's lifetime."""
+    """Neighbour lists per item plus global popularity; ranking a session touches at
+    most ``recent`` x ``neighbours`` entries, so its cost does not grow with the catalog
+    or the user's lifetime."""
 
     def __init__(
         self,
@@ -79,11 +79,6 @@ class CooccurrenceModel:
         self.popularity = popularity.astype(np.float64)
         self.titles = titles or {}
         self.meta = meta or {}
-        # Python lists: faster than numpy indexing for the few entries touched per event.
-        self._nbrs: list[list[tuple[int, float]]] = [
-            [(int(j), float(s)) for j, s in zip(row_i, row_s, strict=True) if j >= 0]
-            for row_i, row_s in zip(nbr_idx, nbr_score, strict=True)
-        ]
         self._nbr_idx = nbr_idx
         self._nbr_score = nbr_score
         total = float(self.popularity.sum()) or 1.0
@@ -99,7 +94,7 @@ class CooccurrenceModel:
         idx = self.index.get(item_id)
         if idx is None:
             return frozenset()
-        return frozenset(self.item_ids[j] for j, _ in self._nbrs[idx])
+        return frozenset(self.item_ids[j] for j in self._nbr_idx[idx].tolist() if j >= 0)
 
     @property
     def version(self) -> str:
