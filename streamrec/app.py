@@ -30,7 +30,7 @@ from .events import Rejected, decode_catalog
 from .graph import GraphIndex, apply_catalog_update, load_index
 from .join import GraphJoin, JoinSettings
 from .pipeline import Record, dead_letter_for, process_batch
-from .ranking import GraphRanker, ModelWatcher, Ranker, known_items
+from .ranking import CandidateRanker, GraphRanker, ModelWatcher, Ranker, known_items
 from .sink import SessionTable, by_key, send_batches
 from .topology import Topology
 
@@ -218,8 +218,9 @@ def _joiner(topo: Topology, index: GraphIndex):
         max_per_value=j.max_per_value,
     )
 
-    def wrap(base: Ranker) -> Ranker:
-        return GraphRanker(base, GraphJoin(index, settings, known=known_items(base)))
+    def wrap(base: CandidateRanker) -> Ranker:
+        join = GraphJoin(index, settings, known=known_items(base), titles=base.titles)
+        return GraphRanker(base, join)
 
     return wrap
 

@@ -51,12 +51,13 @@ class Recommendation:
     item_id: str
     score: float
     reasons: list[str]
-    title: str | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self, titles: dict[str, str]) -> dict:
+        """The item in the recommendation message's shape, titled when the title is known."""
         out = {"item_id": self.item_id, "score": self.score, "reasons": self.reasons}
-        if self.title:
-            out["title"] = self.title
+        title = titles.get(self.item_id)
+        if title:
+            out["title"] = title
         return out
 
 

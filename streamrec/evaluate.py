@@ -261,7 +261,8 @@ def evaluate_join(
     split = leave_one_out(seqs)
     index = load_index(graph_dir)
     base = load_ranker(model_dir, top_k=candidates)  # as the worker asks (topology join)
-    joined = GraphRanker(base, GraphJoin(index, JoinSettings(top_k=top_k), known=known_items(base)))
+    join = GraphJoin(index, JoinSettings(top_k=top_k), known=known_items(base), titles=base.titles)
+    joined = GraphRanker(base, join)
     trained = {e[0] for s in split.train.values() for e in s}
     slices = {
         "all users": list(split.test.values()),

@@ -40,11 +40,12 @@ class GraphJoin:
         index: GraphIndex,
         settings: JoinSettings | None = None,
         known: set[str] | frozenset[str] = frozenset(),
+        titles: dict[str, str] | None = None,
     ) -> None:
         self.index = index
         self.s = settings or JoinSettings()
         self.known = known  # items the model can score
-        self.model_titles: dict[str, str] = {}  # titles the model knows (GraphRanker sets)
+        self.model_titles = titles or {}  # titles the model knows, for items the graph lacks
         self._primary_cache: dict[str, str | None] = {}
         self._cache_generation = index.generation
 

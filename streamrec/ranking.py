@@ -20,6 +20,7 @@ import base64
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,7 @@ class Ranker(Protocol):
     def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult: ...
 
 
-class CandidateRanker:
+class CandidateRanker(ABC):
     """A model's ranker: ``candidates`` (Recommendation objects, for the join) and
     ``rank_batch`` (the same as message dicts, titled)."""
 
@@ -64,18 +65,16 @@ class CandidateRanker:
     top_k: int
     titles: dict[str, str]
 
+    @abstractmethod
     def candidates(
         self, requests: Sequence[RankRequest]
     ) -> tuple[Candidates, dict[str, ModelState]]:
-        raise NotImplementedError
+        """Ranked candidates per request, and the model state to keep per user."""
 
     def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
         lists, states = self.candidates(requests)
         titles = self.titles
-        for recs in lists:
-            for r in recs:
-                r.title = titles.get(r.item_id)
-        return RankResult([[r.as_dict() for r in recs] for recs in lists], states)
+        return RankResult([[r.as_dict(titles) for r in recs] for recs in lists], states)
 
 
 class CooccurrenceRanker(CandidateRanker):
@@ -87,8 +86,7 @@ class CooccurrenceRanker(CandidateRanker):
 
     def rank_states(self, states: Sequence[SessionState]) -> Candidates:
         histories = [[(e[0], e[1]) for e in s.entries if e[0] is not None] for s in states]
-        excludes = [{item for item, _ in h} for h in histories]
-        return self.model.recommend_batch(histories, k=self.top_k, excludes=excludes)
+        return self.model.recommend_batch(histories, k=self.top_k)  # excludes the history
 
     def rank_one(self, state: SessionState) -> list[dict[str, Any]]:
         return self.rank_batch([RankRequest("", state)]).items[0]
@@ -222,7 +220,6 @@ class GraphRanker:
 
     def __init__(self, base: CandidateRanker, join: Any) -> None:
         self.base, self.join = base, join
-        join.model_titles = base.titles
         self.version = base.version
         self.top_k = join.s.top_k
 
@@ -252,7 +249,7 @@ def resolve_model_dir(path: str | Path) -> Path:
     return path
 
 
-def load_ranker(path: str | Path, top_k: int = 10) -> Ranker:
+def load_ranker(path: str | Path, top_k: int = 10) -> CandidateRanker:
     """Load whatever ``path`` holds: a sequential model version or a co-occurrence model."""
     from .model.runtime import FORMAT, ModelError, SequentialModel
 
@@ -287,7 +284,7 @@ class ModelWatcher:
         path: str | Path,
         top_k: int,
         interval: float = 2.0,
-        wrap: Callable[[Ranker], Ranker] | None = None,
+        wrap: Callable[[CandidateRanker], Ranker] | None = None,
     ) -> None:
         self.path, self.top_k, self.interval = Path(path), top_k, interval
         self.wrap = wrap or (lambda r: r)
