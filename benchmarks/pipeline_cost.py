@@ -54,10 +54,7 @@ def main() -> None:
     model_path = args.model
     if model_path is None:
         train, catalog = generate_log(users=args.users, items=args.items, events_per_user=10)
-        model = CooccurrenceModel.fit(
-            [(e["user_id"], e["item_id"], e["event_type"], e["timestamp"]) for e in train],
-            titles={c["item_id"]: c["title"] for c in catalog},
-        )
+        model = CooccurrenceModel.from_log(train, catalog)
         model_path = model.save(Path(tempfile.mkdtemp()) / "model")
     index = load_index(args.graph) if args.graph else GraphIndex()
     wrap = _joiner(topo, index)

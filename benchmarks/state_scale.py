@@ -61,10 +61,7 @@ def main() -> None:
     options = RocksDBOptions(**topo.sessions_rocksdb, use_rocksdict=True)
     dbs = [options.open(root / f"sessions-{p}.db") for p in range(parts)]
     train, catalog = generate_log(users=5000, items=args.items, events_per_user=10)
-    model = CooccurrenceModel.fit(
-        [(e["user_id"], e["item_id"], e["event_type"], e["timestamp"]) for e in train],
-        titles={c["item_id"]: c["title"] for c in catalog},
-    ).save(root / "model")
+    model = CooccurrenceModel.from_log(train, catalog).save(root / "model")
     wrap = _joiner(topo, GraphIndex())
     base = load_ranker(model, max(spec.top_k, topo.join.candidates))
     ranker = wrap(base) if wrap else base

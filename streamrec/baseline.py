@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -166,6 +167,17 @@ class CooccurrenceModel:
         }
         meta.setdefault("version", f"cooc-{meta['trained_at']}")
         return cls(item_ids, nbr_idx, nbr_score, popularity, titles, meta)
+
+    @classmethod
+    def from_log(
+        cls, events: Iterable[dict], catalog: Iterable[dict] = (), **options: Any
+    ) -> CooccurrenceModel:
+        """Fit on event dicts (the log's shape), titled from catalog rows."""
+        return cls.fit(
+            ((e["user_id"], e["item_id"], e["event_type"], e["timestamp"]) for e in events),
+            titles={c["item_id"]: c["title"] for c in catalog if c.get("title")},
+            **options,
+        )
 
     # -- persistence ----------------------------------------------------------------
     def save(self, out: str | Path) -> Path:

@@ -373,10 +373,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict
             events, catalog = generate_log(
                 users=cfg.users, items=cfg.items, events_per_user=10, seed=5
             )
-            model = CooccurrenceModel.fit(
-                [(e["user_id"], e["item_id"], e["event_type"], e["timestamp"]) for e in events],
-                titles={c["item_id"]: c["title"] for c in catalog},
-            ).save(cfg.workdir / "model")
+            model = CooccurrenceModel.from_log(events, catalog).save(cfg.workdir / "model")
         results: dict[str, SystemResult] = {}
         order = ["worker"] + [s for s in cfg.systems if s != "worker"]
         for system in order:

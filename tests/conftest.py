@@ -40,8 +40,5 @@ def topology(broker: str, tmp_path: Path) -> tuple[Topology, Path]:
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A co-occurrence model trained on a generated log with the replay log's catalog."""
     events, catalog = generate_log(users=150, items=200, events_per_user=20, seed=3)
-    model = CooccurrenceModel.fit(
-        ((e["user_id"], e["item_id"], e["event_type"], e["timestamp"]) for e in events),
-        titles={c["item_id"]: c["title"] for c in catalog},
-    )
+    model = CooccurrenceModel.from_log(events, catalog)
     return model.save(tmp_path_factory.mktemp("model"))
