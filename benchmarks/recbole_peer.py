@@ -15,11 +15,13 @@ timestamp is replaced by its position in our log, so both see identical sequence
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 _load = torch.load
@@ -32,6 +34,11 @@ def _load_full(*args, **kwargs):  # RecBole 1.2.1 predates torch's weights_only 
 
 torch.load = _load_full
 
+# RecBole 1.2.1 aliases NumPy 1.x names (np.float_ ...) that NumPy 2 removed; where the
+# venv has NumPy 2 (e.g. a GPU machine's image), give them back before it looks.
+if not hasattr(np, "float_"):
+    np.float_, np.complex_, np.unicode_ = np.float64, np.complex128, np.str_
+
 from recbole.quick_start import run_recbole  # noqa: E402
 
 
@@ -39,7 +46,7 @@ def write_atomic(events: Path, root: Path, name: str) -> None:
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["user_id:token\titem_id:token\ttimestamp:float"]
-    with events.open() as f:
+    with gzip.open(events, "rt") if events.suffix == ".gz" else events.open() as f:
         for n, line in enumerate(f):
             e = json.loads(line)
             if e.get("item_id") is not None:

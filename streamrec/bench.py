@@ -214,6 +214,7 @@ class BenchConfig:
     graph: Path | None = None
     systems: tuple[str, ...] = SYSTEMS
     topology: Topology | None = None  # default: the packaged topology
+    workers: int = 1  # worker processes in one group (e.g. sharing one GPU)
 
 
 @dataclass
@@ -246,13 +247,14 @@ def _start(
     model: Path,
     port: int,
     log: Path,
+    n: int = 0,
 ):
     import subprocess
 
     if system == "worker":
         return start_worker(
             model=model,
-            data_dir=cfg.workdir / f"state-{topo.app_id}",
+            data_dir=cfg.workdir / f"state-{topo.app_id}-{n}",
             bootstrap=bootstrap,
             topology=topo_file,
             log=log,
@@ -294,12 +296,24 @@ def bench_system(
     produce_paced(bootstrap, topo.events.name, values, keys)  # the backlog
     reader = OutputReader(bootstrap, topo.recommendations.name)
     reader.start()
-    port = free_port()
-    proc = _start(
-        system, cfg, topo, topo_file, bootstrap, model, port, cfg.workdir / f"{system}.log"
-    )
+    count = cfg.workers if system == "worker" else 1
+    ports = [free_port() for _ in range(count)]
+    procs = [
+        _start(
+            system,
+            cfg,
+            topo,
+            topo_file,
+            bootstrap,
+            model,
+            port,
+            cfg.workdir / f"{system}{n or ''}.log",
+            n,
+        )
+        for n, port in enumerate(ports)
+    ]
     try:
-        cpu0, _ = _proc_stats(proc.pid)
+        cpu0 = sum(_proc_stats(p.pid)[0] for p in procs)
         t0 = time.monotonic()
         if not reader.wait(len(values), 300):
             raise RuntimeError(
@@ -308,11 +322,12 @@ def bench_system(
             )
         span = max(reader.arrivals) - min(reader.arrivals)
         result.max_rate = round(len(values) / span, 1) if span > 0 else float("inf")
-        cpu1, rss = _proc_stats(proc.pid)
+        stats = [_proc_stats(p.pid) for p in procs]
+        cpu1, rss = sum(c for c, _ in stats), sum(r for _, r in stats)
         result.cpu_percent = round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 1)
         result.rss_mb = round(rss / 2**20, 1)
         progress(
-            f"{system}: max {result.max_rate:,.0f} events/s "
+            f"{system}{f' x{count}' if count > 1 else ''}: max {result.max_rate:,.0f} events/s "
             f"(CPU {result.cpu_percent:.0f} %, RSS {result.rss_mb:.0f} MB)"
         )
         base = target_rate or result.max_rate
@@ -340,30 +355,37 @@ def bench_system(
                 f"p99 {result.loads[-1]['p99']} ms, p99.9 {result.loads[-1]['p99.9']} ms"
             )
         if system == "worker":
-            result.stages_ms = _stage_times(port)
+            result.stages_ms = _stage_times(ports)
     finally:
         reader.stop.set()
-        stop_process(proc)
+        for p in procs:
+            stop_process(p)
     return result
 
 
-def _stage_times(port: int) -> dict[str, float]:
-    """Mean ms per event and stage, from the worker's Prometheus histograms."""
+def _stage_times(ports: list[int]) -> dict[str, float]:
+    """Mean ms per event and stage, from the workers' Prometheus histograms."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
-        text = page.read().decode()
-    sums, events = {}, 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "streamrec_stage_seconds_sum":
-                sums[s.labels["stage"]] = s.value
-            elif s.name == "streamrec_batch_size_sum":
-                events = s.value
+    sums: dict[str, float] = {}
+    events = 0.0
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            text = page.read().decode()
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == "streamrec_stage_seconds_sum":
+                    stage = s.labels["stage"]
+                    sums[stage] = sums.get(stage, 0.0) + s.value
+                elif s.name == "streamrec_batch_size_sum":
+                    events += s.value
     return {k: round(v / events * 1000, 4) for k, v in sums.items()} if events else {}
 
 
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    partitions = (cfg.topology or load_topology()).events.partitions
+    if not 1 <= cfg.workers <= partitions:
+        raise ValueError(f"--workers {cfg.workers}: the events topic has {partitions} partitions")
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     broker = None if cfg.bootstrap else EmbeddedBroker(log=cfg.workdir / "broker.log")
     try:
@@ -393,6 +415,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict
             "events": cfg.events,
             "users": cfg.users,
             "items": cfg.items,
+            "workers": cfg.workers,
             "load_seconds": cfg.load_seconds,
             "model": str(model),
             "graph": str(cfg.graph) if cfg.graph else None,

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import broker as broker_mod
@@ -56,7 +57,7 @@ def _topology(path: Path | None) -> Topology:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/] {message}")
+    console.print(f"[red]error:[/] {escape(message)}")  # paths and extras hold [ ]
     return typer.Exit(code)
 
 
@@ -549,6 +550,9 @@ def bench(
     systems: Annotated[
         str, typer.Option(help="Comma-separated: raw,faust,worker.")
     ] = "raw,faust,worker",
+    workers: Annotated[
+        int, typer.Option(help="Worker processes in one group (at most the events partitions).")
+    ] = 1,
     workdir: Annotated[Path, typer.Option(help="Output: bench.json, bench.png, logs.")] = Path(
         ".streamrec/bench"
     ),
@@ -571,8 +575,12 @@ def bench(
         model=model,
         graph=graph,
         systems=chosen,
+        workers=workers,
     )
-    result = run_bench(cfg, progress=lambda line: console.print(line))
+    try:
+        result = run_bench(cfg, progress=lambda line: console.print(line))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     print(json.dumps({k: v for k, v in result.items() if k != "systems"}, indent=2))
     console.print(f"wrote {workdir / 'bench.json'} and {workdir / 'bench.png'}")
 

@@ -33,8 +33,21 @@ def choose_providers(device: str | None = None) -> list[str]:
     if device == "cuda" or (device == "auto" and has_gpu):
         if "CUDAExecutionProvider" not in available:
             raise ModelError("STREAMREC_DEVICE=cuda but onnxruntime has no CUDA provider")
+        _preload_cuda_libraries()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def _preload_cuda_libraries() -> None:
+    """The CUDA provider needs CUDA 13 and cuDNN 9; where they come as pip wheels
+    (nvidia-*-cu13, as beside torch) onnxruntime finds them only when preloaded."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # a missing wheel is fine when the system has the libraries
+        log.debug("onnxruntime.preload_dlls: %s", exc)
 
 
 def file_sha256(path: Path) -> str:
@@ -76,13 +89,21 @@ class SequentialModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or int(os.environ.get("STREAMREC_ORT_THREADS", "1"))
         opts.log_severity_level = 3
+        wanted = choose_providers(device)
         try:
-            self.session = ort.InferenceSession(
-                str(onnx_path), opts, providers=choose_providers(device)
-            )
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{onnx_path}: onnxruntime cannot load it: {exc}") from None
         self.providers = self.session.get_providers()
+        if self.providers[0] != wanted[0]:
+            # onnxruntime falls back to the CPU silently when the CUDA provider cannot load.
+            message = (
+                f"{onnx_path}: {wanted[0]} could not start (CUDA 13 / cuDNN 9 libraries?); "
+                f"running on {self.providers[0]}"
+            )
+            if (device or os.environ.get("STREAMREC_DEVICE", "auto")).lower() == "cuda":
+                raise ModelError(message)
+            log.warning(message)
 
     def item_index(self, item: str | None) -> int:
         return self.index.get(item, 0) if item is not None else 0

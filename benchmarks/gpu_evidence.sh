@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# GPU evidence (issues #3 and #5) on a machine with an NVIDIA GPU and streamrec installed
+# with onnxruntime-gpu (CUDA 13, cuDNN 9):
+#
+#   bash benchmarks/gpu_evidence.sh OUTDIR train latency bench1 bench4
+#
+# train: the GRU on MovieLens 100K (ML=dir of `streamrec import` output, default data/ml)
+#   and on two generated logs (3,706 and ~1,000,000 items), on the GPU; evaluates ML-100K.
+# latency: one inference call per batch of 1/64/1,024 events, CUDA vs CPU provider.
+# bench1: `streamrec bench` with the 1 M-item model: raw loop, bare Faust, one worker.
+# bench4: four workers sharing the GPU. Everything lands in OUTDIR.
+set -euo pipefail
+OUT=${1:?usage: gpu_evidence.sh OUTDIR PHASE...}
+shift
+PHASES=" $* "
+WORK=.streamrec/gpu
+mkdir -p "$OUT" "$WORK"
+ML=${ML:-data/ml}
+say() { echo "== $(date +%T) $*"; }
+
+latest() { ls -d "$1"/gru-* | sort | tail -1; }
+
+if [[ $PHASES == *" train "* ]]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+  python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" |
+    tee -a "$OUT/gpu.txt"
+
+  say "MovieLens 100K: train on the GPU, evaluate"
+  streamrec train --events "$ML/events.jsonl.gz" --catalog "$ML/catalog.jsonl.gz" \
+    --out "$WORK/models-ml" --no-activate 2>&1 | tee "$OUT/train-ml.log"
+  streamrec evaluate --events "$ML/events.jsonl.gz" --model "$(latest "$WORK/models-ml")" \
+    --out "$OUT/evaluate-ml.json" 2>&1 | tee "$OUT/evaluate-ml.log"
+
+  say "generated logs: 3,706 and 1,000,000 items"
+  python3 - "$WORK" <<'EOF'
+import sys
+from streamrec.datasets import generate_log, write_jsonl
+# The 1 M log hops between chains more often (chain=0.5) so that most items occur.
+for name, users, items, per_user, chain in (
+    ("3706", 6040, 3706, 30, 0.8), ("1m", 150_000, 1_000_000, 20, 0.5)
+):
+    events, _ = generate_log(
+        users=users, items=items, events_per_user=per_user, seed=5, chain=chain
+    )
+    write_jsonl(f"{sys.argv[1]}/events-{name}.jsonl", events)
+    print(name, len(events), "events")
+EOF
+  streamrec train --events "$WORK/events-3706.jsonl" --out "$WORK/models-3706" --epochs 5 \
+    --no-activate 2>&1 | tee "$OUT/train-3706.log"
+  streamrec train --events "$WORK/events-1m.jsonl" --out "$WORK/models-1m" --epochs 1 \
+    --no-activate 2>&1 | tee "$OUT/train-1m.log"
+
+fi
+
+if [[ $PHASES == *" latency "* ]]; then
+  say "one inference call per batch: CUDA vs CPU provider"
+  for m in ml 3706 1m; do
+    python3 benchmarks/ort_latency.py --model "$(latest "$WORK/models-$m")" \
+      --json "$OUT/latency-$m.json" 2>&1 | grep -v "^\s*$" | tee "$OUT/latency-$m.log"
+  done
+fi
+
+if [[ $PHASES == *" bench1 "* ]]; then
+  model=$(latest "$WORK/models-1m")
+  say "bench, 1 M items, one worker on the GPU"
+  streamrec bench --items 1000000 --users 50000 --events 50000 --model "$model" \
+    --workdir "$WORK/bench-1" 2>&1 | tee "$OUT/bench-1.log"
+  cp "$WORK/bench-1/bench.json" "$OUT/bench-1.json"
+fi
+
+if [[ $PHASES == *" bench4 "* ]]; then
+  model=$(latest "$WORK/models-1m")
+  say "bench, 1 M items, four workers sharing the GPU"
+  streamrec bench --items 1000000 --users 50000 --events 100000 --model "$model" \
+    --systems worker --workers 4 --workdir "$WORK/bench-4" 2>&1 | tee "$OUT/bench-4.log"
+  cp "$WORK/bench-4/bench.json" "$OUT/bench-4.json"
+fi
+say done
