@@ -453,7 +453,7 @@ def train(
 
         titles = {r["item_id"]: r.get("title", r["item_id"]) for r in read_jsonl(catalog)}
     version_dir = run_train(
-        events, out, cfg, progress=lambda line: console.print(line), titles=titles
+        events, out, cfg, progress=lambda line: console.print(line), titles=titles, bar=True
     )
     if activate_version:
         activate(out, version_dir.name)
