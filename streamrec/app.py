@@ -6,6 +6,9 @@ batch per partition, sink.py), recommendations, dead letters (record batches per
 partition) -> wait until Kafka has them -> Faust acks the batch. Offsets are committed
 only after the producer is flushed (Faust does that on commit), so delivery is
 at-least-once and the state's own bookkeeping makes a redelivered event harmless.
+Two guards keep it at-least-once where Faust alone is not: every batch passes the
+offset guard (offsets.py: no event of a partition may skip the agent), and a batch that
+fails is retried, never skipped (Faust acks a batch's events even after an exception).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import faust
 from faust.types import TP
@@ -29,6 +34,7 @@ from .config import aiokafka_security, faust_credentials
 from .events import Rejected, decode_catalog
 from .graph import GraphIndex, apply_catalog_update, load_index
 from .join import GraphJoin, JoinSettings
+from .offsets import Hole, OffsetGuard, first_offset_from
 from .pipeline import Record, dead_letter_for, process_batch
 from .ranking import CandidateRanker, GraphRanker, ModelWatcher, Ranker, known_items
 from .sink import SessionTable, by_key, send_batches
@@ -36,6 +42,8 @@ from .topology import Topology
 
 log = logging.getLogger("streamrec.worker")
 CATALOG_IDLE_S = 0.5  # how long the catalog reader rests once caught up
+# STREAMREC_TRACE_OFFSETS=1 logs each batch's offsets per partition (where did an event go?)
+TRACE_OFFSETS = os.environ.get("STREAMREC_TRACE_OFFSETS", "") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -133,63 +141,185 @@ def create_app(settings: WorkerSettings) -> faust.App:
 
     tune_gc()
 
+    async def handle(records: list[Record], ranker: Ranker) -> None:
+        """One batch: rank, write state, publish, and wait until Kafka has it all."""
+        producer = app.producer
+        t0 = time.perf_counter()
+        result = process_batch(records, load_state, ranker, spec)
+        t1 = time.perf_counter()
+        changelog = await table.put_batch(
+            (user.encode(), value, rec.partition)
+            for user, (value, rec) in result.state_writes.items()
+        )
+        t2 = time.perf_counter()
+        sent = list(changelog)
+        for topic, messages, partitions in (
+            (topo.recommendations.name, result.recommendations, topo.recommendations),
+            (topo.dead_letter.name, result.dead_letters, topo.dead_letter),
+            (topo.events.name, result.rekeyed, topo.events),
+        ):
+            if messages:
+                grouped = by_key(messages, partitions.partitions)
+                sent += await send_batches(producer, topic, grouped)
+        await asyncio.gather(*(future for _, _, future in sent))
+        table.confirm(changelog)
+        done = time.time()
+        metrics.record_batch(
+            result, records, ranker.version, t1 - t0, t2 - t1, time.perf_counter() - t2, done
+        )
+        _record_lag(app, records)
+        if result.invalid or result.redelivered or result.rekeyed:
+            log.info(
+                "batch of %d: %d answered, %d dead-lettered, %d redelivered, %d re-keyed",
+                len(records),
+                result.answered,
+                result.invalid,
+                result.redelivered,
+                len(result.rekeyed),
+            )
+
+    guard = OffsetGuard(lambda tp: app.consumer._committed_offset.get(TP(*tp)))
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: faust.App, revoked: set[TP], **_: object) -> None:
+        guard.revoked((tp.topic, tp.partition) for tp in revoked)
+
+    @app.on_partitions_assigned.connect
+    async def holes_stay_open(sender: faust.App, assigned: set[TP], **_: object) -> None:
+        keep_holes_open(app.consumer)
+
+    async def seek_back(holes: dict[tuple[str, int], Hole]) -> None:
+        """Re-read each partition from its first missing offset (see offsets.py)."""
+        loop = asyncio.get_running_loop()
+        for (topic, partition), hole in holes.items():
+            tp = TP(topic, partition)
+            if hole.repeated:  # again right after seeking back: real, or truly absent?
+                first = await loop.run_in_executor(
+                    None, first_offset_from, settings.bootstrap, topic, partition, hole.missing
+                )
+                if first is not None and first >= hole.seen:
+                    log.info(
+                        "%s[%d]: offsets %d..%d do not exist (read from the broker)",
+                        topic, partition, hole.missing, hole.seen - 1,
+                    )  # fmt: skip
+                    guard.skip((topic, partition), hole.seen)
+                    app.consumer._gap[tp].addi(hole.missing, hole.seen)  # done, for commits
+                    await app.consumer.seek(tp, hole.seen)  # the held-back records
+                    continue
+            log.warning(
+                "%s[%d]: offsets %d..%d never reached the agent; re-reading from %d",
+                topic, partition, hole.missing, hole.seen - 1, hole.missing,
+            )  # fmt: skip
+            metrics.OFFSET_HOLES.inc()
+            gaps = app.consumer._gap.get(tp)
+            if gaps:  # filed by Faust before keep_holes_open, or by an older hole
+                gaps.chop(hole.missing, hole.seen)
+            await app.consumer.seek(tp, hole.missing)
+
     @app.agent(events, concurrency=1)
     async def recommend(stream: faust.StreamT) -> None:
-        producer = app.producer
         serving = models.ranker
         async for batch in stream.take_events(spec.batch_size, within=spec.linger_ms / 1000):
-            records = [
-                Record(
-                    key=ev.message.key,
-                    value=ev.message.value,
-                    topic=ev.message.topic,
-                    partition=ev.message.partition,
-                    offset=ev.message.offset,
-                    timestamp=int(ev.message.timestamp * 1000) if ev.message.timestamp else None,
-                )
-                for ev in batch
-            ]
+            admitted = guard.admit(
+                [
+                    Record(
+                        key=ev.message.key,
+                        value=ev.message.value,
+                        topic=ev.message.topic,
+                        partition=ev.message.partition,
+                        offset=ev.message.offset,
+                        timestamp=int(ev.message.timestamp * 1000)
+                        if ev.message.timestamp
+                        else None,
+                    )
+                    for ev in batch
+                ]
+            )
+            if TRACE_OFFSETS:
+                log.info("offsets: %s", offset_ranges(admitted.records))
+            if admitted.holes:
+                await seek_back(admitted.holes)
+            records = admitted.records
+            if not records:
+                continue
             # A new model version takes over between batches: none lost, none answered twice.
             ranker = models.poll()
             if ranker is not serving:
                 serving = ranker
                 tune_gc()  # the new model's arrays join the frozen heap
-            t0 = time.perf_counter()
-            result = process_batch(records, load_state, ranker, spec)
-            t1 = time.perf_counter()
-            changelog = await table.put_batch(
-                (user.encode(), value, rec.partition)
-                for user, (value, rec) in result.state_writes.items()
-            )
-            t2 = time.perf_counter()
-            sent = list(changelog)
-            for topic, messages, partitions in (
-                (topo.recommendations.name, result.recommendations, topo.recommendations),
-                (topo.dead_letter.name, result.dead_letters, topo.dead_letter),
-                (topo.events.name, result.rekeyed, topo.events),
-            ):
-                if messages:
-                    grouped = by_key(messages, partitions.partitions)
-                    sent += await send_batches(producer, topic, grouped)
-            # Faust acks the batch when the next one is asked for; delivery first.
-            await asyncio.gather(*(future for _, _, future in sent))
-            table.confirm(changelog)
-            done = time.time()
-            metrics.record_batch(
-                result, records, ranker.version, t1 - t0, t2 - t1, time.perf_counter() - t2, done
-            )
-            _record_lag(app, records)
-            if result.invalid or result.redelivered or result.rekeyed:
-                log.info(
-                    "batch of %d: %d answered, %d dead-lettered, %d redelivered, %d re-keyed",
-                    len(records),
-                    result.answered,
-                    result.invalid,
-                    result.redelivered,
-                    len(result.rekeyed),
-                )
+            # Faust acks the batch's events when the next batch is asked for, even when
+            # this body raised (take_events acks in a ``finally``): an exception escaping
+            # here would commit offsets past events never answered. So a failing batch
+            # (producer timeout, broker gone, a bug) is retried until it is done; the
+            # partitions stall loudly instead of losing events. Retries are safe: state
+            # writes are idempotent and a re-answered event keeps its event_id.
+            await retry_until_done(partial(handle, records, ranker), records)
 
     return app
+
+
+async def retry_until_done(
+    attempt, records: list[Record], first_wait: float = 0.5, max_wait: float = 30.0
+) -> int:
+    """Run ``attempt()`` until it succeeds; returns how many attempts failed."""
+    failures, wait = 0, first_wait
+    while True:
+        try:
+            await attempt()
+            return failures
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures += 1
+            metrics.BATCH_RETRIES.inc()
+            parts = sorted({(r.topic, r.partition) for r in records})
+            log.error(
+                "batch of %d events (%s) failed, attempt %d; retrying in %.1fs: %r",
+                len(records),
+                ", ".join(f"{t}[{p}]" for t, p in parts),
+                failures,
+                wait,
+                exc,
+                exc_info=failures == 1,
+            )
+            await asyncio.sleep(wait)
+            wait = min(max_wait, wait * 2)
+
+
+def keep_holes_open(consumer: Any) -> None:
+    """faust-streaming 0.15.3 files every jump in fetched offsets as offsets that do not
+    exist, which its commit then counts as done (see offsets.py). Events topics here are
+    neither compacted nor transactional, so a jump is events not yet delivered: log it
+    and leave the offsets to the agent (which re-reads them, or confirms them absent)."""
+    if getattr(consumer, "_streamrec_holes_open", False):
+        return
+
+    async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+        log.info(
+            "%s[%d]: fetched offsets jumped over %d..%d; not counting them as done",
+            tp.topic,
+            tp.partition,
+            offset_from,
+            offset_to - 1,
+        )
+
+    consumer._add_gap = add_gap
+    consumer._streamrec_holes_open = True
+
+
+def offset_ranges(records: list[Record]) -> str:
+    """'p0 10-14,17 p3 5-9': each partition's offsets in arrival order, runs collapsed."""
+    runs: dict[int, list[list[int]]] = {}
+    for rec in records:
+        part = runs.setdefault(rec.partition, [])
+        if part and rec.offset == part[-1][1] + 1:
+            part[-1][1] = rec.offset
+        else:
+            part.append([rec.offset, rec.offset])
+    return " ".join(
+        f"p{p} " + ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in r)
+        for p, r in sorted(runs.items())
+    )
 
 
 def _record_lag(app: faust.App, records: list[Record]) -> None:

@@ -21,6 +21,13 @@ EVENTS = Counter(
     "streamrec_events_total", "Events consumed, by outcome", ["outcome"]
 )  # valid | invalid | redelivered | rekeyed
 RECOMMENDATIONS = Counter("streamrec_recommendations_total", "Recommendations published")
+OFFSET_HOLES = Counter(
+    "streamrec_offset_holes_total",
+    "Times events of a partition skipped the agent and were re-read (offsets.py)",
+)
+BATCH_RETRIES = Counter(
+    "streamrec_batch_retries_total", "Batches that failed and were retried (none are skipped)"
+)
 CATALOG_UPDATES = Counter("streamrec_catalog_updates_total", "Catalog changes applied")
 BATCH_SIZE = Histogram(
     "streamrec_batch_size",

@@ -126,3 +126,42 @@ def answered_counts(recs: list[dict]) -> Counter:
 
 def dead_letter_payloads(dead: list[dict]) -> list[bytes]:
     return [base64.b64decode(d["value_b64"]) for d in dead]
+
+
+def explain_missing(topo: Topology, bootstrap: str, missing: set[str], group: str) -> str:
+    """Where unanswered events went, to tell a lost answer from a skipped event: is the
+    answer in the output topic after all (the live reader missed it), is the event in
+    its user's state (processed, answer lost), and where it sits vs the group's commit."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    from streamrec.broker import admin
+
+    reread = {
+        m.doc.get("event_id")
+        for m in consume(
+            topo.recommendations.name, bootstrap=bootstrap, from_beginning=True, idle_timeout=5
+        )
+    }
+    in_state = {
+        e[3] for s in changelog_states(topo, bootstrap).values() for e in s.entries
+    } & missing
+    where: dict[str, tuple[int, int]] = {}
+    for m in consume(topo.events.name, bootstrap=bootstrap, from_beginning=True, idle_timeout=5):
+        if isinstance(m.doc, dict) and m.doc.get("event_id") in missing:
+            where[m.doc["event_id"]] = (m.partition, m.offset)
+    tps = [TopicPartition(topo.events.name, p) for p in range(topo.events.partitions)]
+    try:
+        request = [ConsumerGroupTopicPartitions(group, tps)]
+        futures = admin(bootstrap).list_consumer_group_offsets(request, request_timeout=10)
+        result = futures[group].result(timeout=15)
+        committed: object = {tp.partition: tp.offset for tp in result.topic_partitions}
+    except Exception as exc:  # diagnostics must not hide the failure they explain
+        committed = repr(exc)
+    lines = [
+        f"{len(missing)} unanswered: {sorted(missing)[:10]}",
+        f"  in the output topic on a re-read: {sorted(missing & reread)[:10]}",
+        f"  in their user's state (processed): {sorted(in_state)[:10]}",
+        f"  (partition, offset) of each: {[where.get(i) for i in sorted(missing)[:10]]}",
+        f"  group committed offsets: {committed}",
+    ]
+    return "\n".join(lines)
