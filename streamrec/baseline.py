@@ -51,11 +51,11 @@ class Recommendation:
 
     item_id: str
     score: float
-    reasons: list[str]
+    reasons: list[str] | None  # None: the ranker explains it once it is chosen (ranking.py)
 
     def as_dict(self, titles: dict[str, str]) -> dict:
         """The item in the recommendation message's shape, titled when the title is known."""
-        out = {"item_id": self.item_id, "score": self.score, "reasons": self.reasons}
+        out = {"item_id": self.item_id, "score": self.score, "reasons": self.reasons or []}
         title = titles.get(self.item_id)
         if title:
             out["title"] = title

@@ -17,6 +17,7 @@ the graph beyond one precomputed hop.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .baseline import PAST_TENSE, Recommendation
@@ -49,8 +50,14 @@ class GraphJoin:
         self._primary_cache: dict[str, str | None] = {}
         self._cache_generation = index.generation
 
-    def join(self, state: SessionState, candidates: list[Recommendation]) -> list[dict]:
-        """The final top-k, as message dicts, from the model's candidates."""
+    def join(
+        self,
+        state: SessionState,
+        candidates: list[Recommendation],
+        explain: Callable[[SessionState, list[Recommendation]], None] | None = None,
+    ) -> list[dict]:
+        """The final top-k, as message dicts, from the model's candidates; ``explain``
+        (the ranker's) gives the chosen model candidates their reasons."""
         idx, s = self.index, self.s
         history = [(e[0], e[1]) for e in state.entries if e[0] is not None]
         recent = history[-s.recent :]
@@ -66,6 +73,8 @@ class GraphJoin:
             graph_leads = known_items == 0 or cold_item
             ranked = self._blend(ranked, self._expand(recent, seen | blocked), graph_leads)
         chosen = self._diversify(ranked)
+        if explain is not None:
+            explain(state, chosen)
         shared = self._recent_targets(recent)
         return [self._explain(c, recent, shared) for c in chosen]
 
@@ -176,7 +185,7 @@ class GraphJoin:
                         best = (weight, age, phrase + ' "{t}"', "", h)
                     break  # the most recent co-link is the strongest one
         text = None
-        reasons = cand.reasons
+        reasons = cand.reasons or []
         if best is not None:  # format only the winner
             h = best[4]
             htype = next(t for i, t in reversed(recent) if i == h)

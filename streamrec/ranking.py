@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -71,9 +72,19 @@ class CandidateRanker(ABC):
     ) -> tuple[Candidates, dict[str, ModelState]]:
         """Ranked candidates per request, and the model state to keep per user."""
 
+    def explain(self, state: SessionState, chosen: list[Recommendation]) -> None:
+        """Fill in the reasons of the ``chosen`` candidates still without (``None``).
+
+        Reasons are written for the items that are shown only: a ranker hands the join
+        several times more candidates than it keeps. The default ranker explains while
+        ranking, so it has nothing left to do."""
+        return None
+
     def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
         lists, states = self.candidates(requests)
         titles = self.titles
+        for req, recs in zip(requests, lists, strict=True):
+            self.explain(req.state, recs)
         return RankResult([[r.as_dict(titles) for r in recs] for recs in lists], states)
 
 
@@ -161,7 +172,7 @@ class SequentialRanker(CandidateRanker):
                 exclude[r, : len(s)] = s
             states, scores, top = model.run(items, np.stack(h0s), gather, exclude)
             for r, n in enumerate(modelled):
-                out[n] = self._explain(requests[n].state, scores[r], top[r])
+                out[n] = self._ranked(scores[r], top[r])
             for r, user in enumerate(rows):
                 last = requests[users[user][-1]].state
                 if feeds[r] or h0s[r].any():
@@ -178,11 +189,23 @@ class SequentialRanker(CandidateRanker):
                 out[n] = items_n
         return out, states_out  # type: ignore[return-value]
 
-    def _explain(
-        self, state: SessionState, scores: np.ndarray, top: np.ndarray
-    ) -> list[Recommendation]:
+    def _ranked(self, scores: np.ndarray, top: np.ndarray) -> list[Recommendation]:
+        """The model's top items, reasons left for :meth:`explain` (most are dropped)."""
+        names, items = self.model.items, []
+        for s, j in zip(scores.tolist(), top.tolist(), strict=True):
+            if j <= 0 or not math.isfinite(s):
+                continue
+            items.append(Recommendation(names[j - 1], round(s, 4), None))
+            if len(items) == self.top_k:
+                break
+        return items
+
+    def explain(self, state: SessionState, chosen: list[Recommendation]) -> None:
         """Reasons from what the user did: the strongest co-occurrence link to a recent
         item when there is one, else the recent sequence the model continued."""
+        pending = [r for r in chosen if r.reasons is None]
+        if not pending:
+            return
         recent = [(e[0], e[1]) for e in state.entries if e[0] is not None][-5:]
         titles, fb = self.titles, self.fallback.model
         sequence: list[str] = []
@@ -193,26 +216,13 @@ class SequentialRanker(CandidateRanker):
             sequence = [f'next in sequences like yours, after "{title}", which you {verb}']
         # Co-occurrence neighbours of the recent items, most recent first: it wins.
         linked = [(fb.neighbour_ids(item), item) for item, _ in reversed(recent)]
-        together: dict[str, str] = {}
-        items = []
-        for s, j in zip(scores.tolist(), top.tolist(), strict=True):
-            if j <= 0 or not np.isfinite(s):
-                continue
-            item_id = self.model.items[j - 1]
+        for rec in pending:
             reasons = list(sequence)
             for ids, link in linked:
-                if item_id in ids:
-                    reason = together.get(link)
-                    if reason is None:
-                        reason = together[link] = f'often together with "{titles.get(link, link)}"'
-                    reasons.append(reason)
+                if rec.item_id in ids:
+                    reasons.append(f'often together with "{titles.get(link, link)}"')
                     break
-            items.append(
-                Recommendation(item_id, round(s, 4), reasons or ["predicted from your activity"])
-            )
-            if len(items) == self.top_k:
-                break
-        return items
+            rec.reasons = reasons or ["predicted from your activity"]
 
 
 class GraphRanker:
@@ -225,8 +235,10 @@ class GraphRanker:
 
     def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
         lists, states = self.base.candidates(requests)
+        explain = self.base.explain
         items = [
-            self.join.join(req.state, cands) for req, cands in zip(requests, lists, strict=True)
+            self.join.join(req.state, cands, explain)
+            for req, cands in zip(requests, lists, strict=True)
         ]
         return RankResult(items, states)
 
