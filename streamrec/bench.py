@@ -23,7 +23,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,7 @@ class BenchConfig:
     model: Path | None = None
     graph: Path | None = None
     systems: tuple[str, ...] = SYSTEMS
-    topology: Topology | None = None  # default: the packaged topology
+    topology: Topology | None = None  # default: the packaged topology (run_bench sets it)
     workers: int = 1  # worker processes in one group (e.g. sharing one GPU)
 
 
@@ -287,9 +287,11 @@ def bench_system(
     progress: Callable[[str], None],
 ) -> SystemResult:
     """Max rate from a backlog, then latency at fractions of ``target_rate`` (or of this
-    system's own max when None: the worker is measured first and sets the loads)."""
+    system's own max when None: the worker is measured first and sets the loads).
+    ``cfg.topology`` is set (run_bench resolves the default)."""
+    assert cfg.topology is not None
     result = SystemResult()
-    topo = (cfg.topology or load_topology()).namespaced(f"bench{system}{uuid.uuid4().hex[:6]}")
+    topo = cfg.topology.namespaced(f"bench{system}{uuid.uuid4().hex[:6]}")
     topo_file = topo.dump(cfg.workdir / f"{topo.app_id}.yaml")
     create_topology_topics(topo, bootstrap)
     values, keys = make_events(cfg, f"{system}-max")
@@ -383,7 +385,9 @@ def _stage_times(ports: list[int]) -> dict[str, float]:
 
 
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    partitions = (cfg.topology or load_topology()).events.partitions
+    if cfg.topology is None:
+        cfg = replace(cfg, topology=load_topology())
+    partitions = cfg.topology.events.partitions
     if not 1 <= cfg.workers <= partitions:
         raise ValueError(f"--workers {cfg.workers}: the events topic has {partitions} partitions")
     cfg.workdir.mkdir(parents=True, exist_ok=True)
@@ -410,8 +414,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict
         "broker": BROKER_NAME if broker else cfg.bootstrap,
         "machine": f"{os.cpu_count()} CPUs",
         "config": {
-            "batch_size": (cfg.topology or load_topology()).worker.batch_size,
-            "linger_ms": (cfg.topology or load_topology()).worker.linger_ms,
+            "batch_size": cfg.topology.worker.batch_size,
+            "linger_ms": cfg.topology.worker.linger_ms,
             "events": cfg.events,
             "users": cfg.users,
             "items": cfg.items,

@@ -294,14 +294,14 @@ def replay(
         raise typer.Exit(1)
 
 
-def _progress() -> Progress:
+def _progress(transient: bool = False) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=console,
-        transient=False,
+        transient=transient,
     )
 
 
@@ -452,9 +452,10 @@ def train(
         from .datasets import read_jsonl
 
         titles = {r["item_id"]: r.get("title", r["item_id"]) for r in read_jsonl(catalog)}
-    version_dir = run_train(
-        events, out, cfg, progress=lambda line: console.print(line), titles=titles, bar=True
-    )
+    with _progress(transient=True) as bar:  # the epoch lines print above the bar
+        version_dir = run_train(
+            events, out, cfg, progress=lambda line: console.print(line), titles=titles, bar=bar
+        )
     if activate_version:
         activate(out, version_dir.name)
         console.print(f"{out}/CURRENT -> {version_dir.name}")

@@ -26,8 +26,13 @@ class ModelError(ValueError):
     """A model directory that must not be served (missing, corrupt, wrong format)."""
 
 
+def requested_device(device: str | None = None) -> str:
+    """``device``, else ``STREAMREC_DEVICE``, else auto: one of auto, cpu, cuda."""
+    return (device or os.environ.get("STREAMREC_DEVICE", "auto")).lower()
+
+
 def choose_providers(device: str | None = None) -> list[str]:
-    device = (device or os.environ.get("STREAMREC_DEVICE", "auto")).lower()
+    device = requested_device(device)
     available = ort.get_available_providers()
     has_gpu = bool(glob("/dev/nvidia[0-9]*"))
     if device == "cuda" or (device == "auto" and has_gpu):
@@ -101,7 +106,7 @@ class SequentialModel:
                 f"{onnx_path}: {wanted[0]} could not start (CUDA 13 / cuDNN 9 libraries?); "
                 f"running on {self.providers[0]}"
             )
-            if (device or os.environ.get("STREAMREC_DEVICE", "auto")).lower() == "cuda":
+            if requested_device(device) == "cuda":
                 raise ModelError(message)
             log.warning(message)
 

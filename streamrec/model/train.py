@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import nn
 
 from ..baseline import CooccurrenceModel, file_sha256
@@ -94,12 +94,12 @@ def train(
     cfg: TrainConfig | None = None,
     progress: Callable[[str], None] = print,
     titles: dict[str, str] | None = None,
-    bar: bool = False,
+    bar: Progress | None = None,
 ) -> Path:
     """Train, export, verify; returns the new version directory under ``out_root``.
 
-    ``bar`` shows a live progress bar over each epoch's batches (for a terminal: an
-    epoch on a large log takes minutes between the per-epoch lines)."""
+    ``bar``, a started Rich progress display, gets a task per epoch over its batches (for
+    a terminal: an epoch on a large log takes minutes between the per-epoch lines)."""
     cfg = cfg or TrainConfig()
     _seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -121,41 +121,34 @@ def train(
     best, best_state, best_epoch, history = -1.0, None, 0, []
     started = time.perf_counter()
     steps = (len(train_seqs) + cfg.batch_size - 1) // cfg.batch_size
-    live = Progress(
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        disable=not bar,
-    )
     for epoch in range(1, cfg.epochs + 1):
         net.train()
         order = list(range(len(train_seqs)))
         rng.shuffle(order)
         total, batches = 0.0, 0
-        with live:
-            task = live.add_task("train", total=steps, epoch=epoch)
-            for start in range(0, len(order), cfg.batch_size):
-                rows = []
-                for n in order[start : start + cfg.batch_size]:
-                    s = train_seqs[n]
-                    if len(s) > cfg.max_len + 1:  # a random window of a long history
-                        end = rng.randrange(cfg.max_len + 1, len(s) + 1)
-                        s = s[end - cfg.max_len - 1 : end]
-                    rows.append(s)
-                x = _pad([r[:-1] for r in rows]).to(device)
-                y = _pad([r[1:] for r in rows], x.shape[1]).to(device)
-                states = net.encode(x, torch.zeros(len(rows), cfg.dim, device=device))
-                loss = loss_fn(net.out(states).reshape(-1, n_items), y.reshape(-1))
-                opt.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                opt.step()
-                total += loss.item()
-                batches += 1
-                live.advance(task)
-            live.remove_task(task)
+        task = bar.add_task(f"epoch {epoch}", total=steps) if bar is not None else None
+        for start in range(0, len(order), cfg.batch_size):
+            rows = []
+            for n in order[start : start + cfg.batch_size]:
+                s = train_seqs[n]
+                if len(s) > cfg.max_len + 1:  # a random window of a long history
+                    end = rng.randrange(cfg.max_len + 1, len(s) + 1)
+                    s = s[end - cfg.max_len - 1 : end]
+                rows.append(s)
+            x = _pad([r[:-1] for r in rows]).to(device)
+            y = _pad([r[1:] for r in rows], x.shape[1]).to(device)
+            states = net.encode(x, torch.zeros(len(rows), cfg.dim, device=device))
+            loss = loss_fn(net.out(states).reshape(-1, n_items), y.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            total += loss.item()
+            batches += 1
+            if bar is not None:
+                bar.advance(task)
+        if bar is not None:
+            bar.remove_task(task)
         val = _evaluate(net, split.valid, index, device)
         history.append({"epoch": epoch, "loss": round(total / max(1, batches), 4), **val})
         marker = ""
