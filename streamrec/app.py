@@ -21,23 +21,25 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import faust
 from faust.types import TP
 
 from . import metrics
 from .config import aiokafka_security, faust_credentials
+from .delivery import Deliveries, Outgoing
 from .events import Rejected, decode_catalog
 from .graph import GraphIndex, apply_catalog_update, load_index
+from .intake import BatchConsumer, Intake, still_assigned
 from .join import GraphJoin, JoinSettings
 from .offsets import Hole, OffsetGuard, first_offset_from
 from .pipeline import Record, dead_letter_for, process_batch
 from .ranking import CandidateRanker, GraphRanker, ModelWatcher, Ranker, known_items
-from .sink import SessionTable, by_key, send_batches
+from .sink import SessionTable, by_key
 from .topology import Topology
 
 log = logging.getLogger("streamrec.worker")
@@ -85,6 +87,12 @@ def create_app(settings: WorkerSettings) -> faust.App:
         "value_serializer": "raw",
     }
     events = app.topic(topo.events.name, partitions=topo.events.partitions, **raw)
+    # The events topic skips Faust's per-message stream (intake.py); the consumer class
+    # must be in place before anything asks the app for its consumer.
+    app.transport.Consumer = BatchConsumer
+    intake = Intake(topo.events.name, capacity=max(4096, spec.batch_size * 4))
+    app.consumer.intake = intake
+    app.topics.add(events)  # subscribe: no agent's stream does it for us
     sessions = app.Table(
         topo.sessions_table,
         partitions=topo.events.partitions,
@@ -132,7 +140,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         settings.instance_id,
     )
 
-    table = SessionTable(sessions, app.producer)
+    table = SessionTable(sessions)
 
     def load_state(user_id: str, rec: Record) -> bytes | None:
         # A user's state lives in the partition of their events (events are keyed by
@@ -141,52 +149,63 @@ def create_app(settings: WorkerSettings) -> faust.App:
 
     tune_gc()
 
-    async def handle(records: list[Record], ranker: Ranker) -> None:
-        """One batch: rank, write state, publish, and wait until Kafka has it all."""
-        producer = app.producer
+    async def answer(records: list[Record], ranker: Ranker) -> None:
+        """One batch: rank, write state, send it all (``deliveries`` sees it delivered)."""
         t0 = time.perf_counter()
         result = process_batch(records, load_state, ranker, spec)
         t1 = time.perf_counter()
-        changelog = await table.put_batch(
+        changelog = table.write(
             (user.encode(), value, rec.partition)
             for user, (value, rec) in result.state_writes.items()
         )
         t2 = time.perf_counter()
-        sent = list(changelog)
+        topics = [(table.changelog_topic, changelog)]
         for topic, messages, partitions in (
             (topo.recommendations.name, result.recommendations, topo.recommendations),
             (topo.dead_letter.name, result.dead_letters, topo.dead_letter),
             (topo.events.name, result.rekeyed, topo.events),
         ):
             if messages:
-                grouped = by_key(messages, partitions.partitions)
-                sent += await send_batches(producer, topic, grouped)
-        await asyncio.gather(*(future for _, _, future in sent))
-        table.confirm(changelog)
-        done = time.time()
+                topics.append((topic, by_key(messages, partitions.partitions)))
+        info = (result, ranker.version, t1 - t0, t2 - t1)
+        await deliveries.send(Outgoing(records, topics, info))
+
+    def finish(out: Outgoing) -> None:
+        """Kafka has the whole batch: store the changelog offsets, ack for the commit."""
+        result, version, process_s, state_s = out.info
+        table.confirm(out.sent_to(table.changelog_topic))
+        app.consumer.ack_records(out.records)
+        intake.done()
+        publish_s = time.perf_counter() - out.sent_at
         metrics.record_batch(
-            result, records, ranker.version, t1 - t0, t2 - t1, time.perf_counter() - t2, done
+            result, out.records, version, process_s, state_s, publish_s, time.time()
         )
-        _record_lag(app, records)
+        _record_lag(app, out.records)
         if result.invalid or result.redelivered or result.rekeyed:
             log.info(
                 "batch of %d: %d answered, %d dead-lettered, %d redelivered, %d re-keyed",
-                len(records),
+                len(out.records),
                 result.answered,
                 result.invalid,
                 result.redelivered,
                 len(result.rekeyed),
             )
 
+    owned = still_assigned(app.consumer.assignment)
+    deliveries = Deliveries(
+        lambda: app.producer, spec.in_flight, finish, lambda out: intake.done(), owned
+    )
+
+    @app.task
+    async def deliver() -> None:
+        """Finishes sent batches in order as Kafka confirms them (delivery.py)."""
+        await deliveries.run()
+
     guard = OffsetGuard(lambda tp: app.consumer._committed_offset.get(TP(*tp)))
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: faust.App, revoked: set[TP], **_: object) -> None:
         guard.revoked((tp.topic, tp.partition) for tp in revoked)
-
-    @app.on_partitions_assigned.connect
-    async def holes_stay_open(sender: faust.App, assigned: set[TP], **_: object) -> None:
-        keep_holes_open(app.consumer)
 
     async def seek_back(holes: dict[tuple[str, int], Hole]) -> None:
         """Re-read each partition from its first missing offset (see offsets.py)."""
@@ -216,61 +235,67 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 gaps.chop(hole.missing, hole.seen)
             await app.consumer.seek(tp, hole.missing)
 
-    @app.agent(events, concurrency=1)
-    async def recommend(stream: faust.StreamT) -> None:
+    @app.task
+    async def recommend() -> None:
+        """The agent: batches from the intake, in order per partition, answered once."""
         serving = models.ranker
-        async for batch in stream.take_events(spec.batch_size, within=spec.linger_ms / 1000):
-            admitted = guard.admit(
-                [
-                    Record(
-                        key=ev.message.key,
-                        value=ev.message.value,
-                        topic=ev.message.topic,
-                        partition=ev.message.partition,
-                        offset=ev.message.offset,
-                        timestamp=int(ev.message.timestamp * 1000)
-                        if ev.message.timestamp
-                        else None,
-                    )
-                    for ev in batch
-                ]
-            )
+        while True:
+            batch = await intake.take(spec.batch_size, spec.linger_ms / 1000)
+            if not batch:  # a rebalance emptied the intake
+                continue
+            admitted = guard.admit(batch)
             if TRACE_OFFSETS:
                 log.info("offsets: %s", offset_ranges(admitted.records))
             if admitted.holes:
                 await seek_back(admitted.holes)
             records = admitted.records
             if not records:
+                intake.done()
                 continue
-            # A new model version takes over between batches: none lost, none answered twice.
+            # A new model version takes over between batches: none lost, none
+            # answered twice.
             ranker = models.poll()
             if ranker is not serving:
                 serving = ranker
                 tune_gc()  # the new model's arrays join the frozen heap
-            # Faust acks the batch's events when the next batch is asked for, even when
-            # this body raised (take_events acks in a ``finally``): an exception escaping
-            # here would commit offsets past events never answered. So a failing batch
-            # (producer timeout, broker gone, a bug) is retried until it is done; the
-            # partitions stall loudly instead of losing events. Retries are safe: state
-            # writes are idempotent and a re-answered event keeps its event_id.
-            await retry_until_done(partial(handle, records, ranker), records)
+            # A batch that fails before it is sent (a bug, RocksDB, a full producer)
+            # is retried until it is sent: its offsets are acked only once Kafka has
+            # it, so the partitions stall loudly instead of losing events. Retries
+            # are safe: state writes are idempotent and a re-answered event keeps its
+            # event_id. Once a rebalance took a partition away, the batch is left to
+            # be read again from the committed offsets.
+            if not await retry_until_done(partial(answer, records, ranker), records, owned):
+                intake.done()
 
     return app
 
 
 async def retry_until_done(
-    attempt, records: list[Record], first_wait: float = 0.5, max_wait: float = 30.0
-) -> int:
-    """Run ``attempt()`` until it succeeds; returns how many attempts failed."""
+    attempt,
+    records: list[Record],
+    owned: Callable[[list[Record]], bool] = lambda records: True,
+    first_wait: float = 0.5,
+    max_wait: float = 30.0,
+) -> bool:
+    """Run ``attempt()`` until it succeeds (True), or until ``owned(records)`` says a
+    rebalance took their partitions away (False: the next owner re-reads them)."""
     failures, wait = 0, first_wait
     while True:
         try:
             await attempt()
-            return failures
+            return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             failures += 1
+            if not owned(records):
+                log.warning(
+                    "batch of %d events failed (%r) and its partitions were reassigned; "
+                    "their next owner answers them",
+                    len(records),
+                    exc,
+                )
+                return False
             metrics.BATCH_RETRIES.inc()
             parts = sorted({(r.topic, r.partition) for r in records})
             log.error(
@@ -284,27 +309,6 @@ async def retry_until_done(
             )
             await asyncio.sleep(wait)
             wait = min(max_wait, wait * 2)
-
-
-def keep_holes_open(consumer: Any) -> None:
-    """faust-streaming 0.15.3 files every jump in fetched offsets as offsets that do not
-    exist, which its commit then counts as done (see offsets.py). Events topics here are
-    neither compacted nor transactional, so a jump is events not yet delivered: log it
-    and leave the offsets to the agent (which re-reads them, or confirms them absent)."""
-    if getattr(consumer, "_streamrec_holes_open", False):
-        return
-
-    async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
-        log.info(
-            "%s[%d]: fetched offsets jumped over %d..%d; not counting them as done",
-            tp.topic,
-            tp.partition,
-            offset_from,
-            offset_to - 1,
-        )
-
-    consumer._add_gap = add_gap
-    consumer._streamrec_holes_open = True
 
 
 def offset_ranges(records: list[Record]) -> str:
@@ -392,14 +396,20 @@ async def read_catalog(app: faust.App, topo: Topology, bootstrap: str, index: Gr
                         )
             if batches:
                 log.info("catalog: %d changes applied so far", applied)
-            else:
-                # Caught up. Brokers that answer an empty fetch at once (noida-db ignores
-                # fetch.max.wait.ms) would make this loop spin and take ~10 % of the
-                # worker's event loop (py-spy); pausing the partitions between looks
-                # keeps catalog changes ~0.5 s fresh for no CPU.
-                consumer.pause(*tps)
+                continue
+            # Caught up. noida-db answers an empty fetch at once (it ignores
+            # fetch.max.wait.ms), so a resumed idle partition makes aiokafka's fetcher
+            # spin: py-spy put it at ~6 % of the worker's loop even when it rested 0.5 s
+            # between 0.2 s looks. Rest with the partitions paused and resume only when
+            # the broker's end offsets (one request) say there is something to read.
+            consumer.pause(*tps)
+            while True:
                 await asyncio.sleep(CATALOG_IDLE_S)
-                consumer.resume(*tps)
+                ends = await consumer.end_offsets(tps)
+                behind = [tp for tp in tps if ends[tp] > await consumer.position(tp)]
+                if behind:
+                    consumer.resume(*behind)
+                    break
     finally:
         await consumer.stop()
 

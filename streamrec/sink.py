@@ -60,8 +60,8 @@ async def send_batches(
 class SessionTable:
     """The sessions table, read per key and written per batch.
 
-    ``put_batch`` writes the batch's states into each partition's RocksDB in one
-    WriteBatch and sends them to the changelog partition of the same number (Faust's
+    ``write`` puts the batch's states into each partition's RocksDB in one WriteBatch
+    and returns them grouped for the changelog partition of the same number (Faust's
     layout: state partition = events partition = changelog partition).
     ``confirm`` records, after delivery, the last changelog offset the RocksDB files
     reflect, so recovery resumes after it. A crash between the two leaves RocksDB ahead
@@ -69,17 +69,20 @@ class SessionTable:
     the committed offset are processed again (state is idempotent per event).
     """
 
-    def __init__(self, table: Any, producer: Any) -> None:
+    def __init__(self, table: Any) -> None:
         self.table = table
         self.store = table.data  # faust.stores.rocksdb.Store
-        self.producer = producer
 
     def get(self, key: bytes, partition: int) -> bytes | None:
         return self.store._db_for_partition(partition).get(key)
 
-    async def put_batch(
-        self, writes: Iterable[tuple[bytes, bytes, int]]
-    ) -> list[tuple[int, int, asyncio.Future]]:
+    @property
+    def changelog_topic(self) -> str:
+        return self.table.changelog_topic_name
+
+    def write(self, writes: Iterable[tuple[bytes, bytes, int]]) -> dict[int, Messages]:
+        """Write each partition's states in one WriteBatch; returns the changelog
+        messages per partition, for the caller to send (delivery.py)."""
         from rocksdict import WriteBatch
 
         grouped: dict[int, Messages] = {}
@@ -90,7 +93,7 @@ class SessionTable:
             for key, value in items:
                 wb.put(key, value)
             self.store._db_for_partition(partition).write(wb)
-        return await send_batches(self.producer, self.table.changelog_topic_name, grouped)
+        return grouped
 
     def confirm(self, sent: list[tuple[int, int, asyncio.Future]]) -> None:
         """After the changelog batches are delivered: store each partition's last offset."""

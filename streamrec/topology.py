@@ -31,6 +31,7 @@ class TopicSpec:
 class WorkerSpec:
     batch_size: int = 500
     linger_ms: int = 20
+    in_flight: int = 4  # batches sent and not yet acknowledged by Kafka (delivery.py)
     top_k: int = 10
     session_length: int = 50
     max_event_bytes: int = 65536

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,8 @@ def reference_run(broker: str, small_model: Path, tmp_path_factory) -> Run:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
         SCRAPES.append(page.read().decode())
     for probe in ("/healthz", "/ready"):  # a working worker is alive and ready
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=5) as page:
-            assert page.status == 200, probe
+        status, body = _probe(f"http://127.0.0.1:{port}{probe}", within=10)
+        assert status == 200, (probe, body)
     return _finish(
         topo,
         broker,
@@ -130,6 +131,20 @@ def reference_run(broker: str, small_model: Path, tmp_path_factory) -> Run:
         len(contents.valid_ids),
         len(contents.invalid),
     )
+
+
+def _probe(url: str, within: float) -> tuple[int, str]:
+    """(status, body) of a probe, polled like Kubernetes does: the worker refreshes
+    its probes on a 1 s heartbeat, so a fresh worker may need a moment."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as page:
+                return page.status, page.read().decode()
+        except urllib.error.HTTPError as err:
+            if time.monotonic() > deadline:
+                return err.code, err.read().decode()
+            time.sleep(0.2)
 
 
 def test_worker_metrics_are_scraped(reference_run: Run) -> None:

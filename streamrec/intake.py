@@ -1,0 +1,295 @@
+"""Events go from Faust's fetcher to the agent in whole batches, not one message at a time.
+
+Profiled (py-spy on the worker at its maximum rate, ``streamrec bench``): per message,
+faust-streaming 0.15.3's fetch loop starts two tasks (``wait_first`` on the callback
+and the flow switch), builds a ``Message``, the conductor takes a lock and decodes it
+into an ``Event``, the stream queues it and runs the take buffer's processor — ~16 % of
+the worker's event loop, for work a batch needs once. The worker reads the events topic
+through :class:`BatchConsumer` instead: its fetch loop hands each fetched record batch of
+that topic to an :class:`Intake` as :class:`~streamrec.pipeline.Record`s, the agent takes
+``batch_size`` of them (or what came within ``linger_ms``) and, once they are answered
+and delivered, acks their offsets into Faust's commit book-keeping in one call.
+
+Everything else stays Faust's: group membership and rebalancing, the sessions table
+(RocksDB, changelog, recovery, standbys), offset commits, the producer. Records of other
+topics (changelogs while recovering) go through Faust's own per-message path. On a
+rebalance Faust stops the flow, clears what it buffered and waits until in-flight
+events are acked; the intake does the same for its buffer and in-flight batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
+from .pipeline import Record
+
+log = logging.getLogger("streamrec.intake")
+
+
+class Intake:
+    """Fetched events waiting for the agent, with room for ``capacity`` of them.
+
+    Lives on the worker's event loop: the fetch loop puts, the agent takes."""
+
+    def __init__(self, topic: str, capacity: int) -> None:
+        self.topic = topic
+        self.capacity = capacity
+        self._buffer: list[Record] = []
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()  # every batch taken is done()
+        self._idle.set()
+        self._taken = 0
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def put(self, records: Sequence[Record]) -> None:
+        if records:
+            self._buffer.extend(records)
+            self._arrived.set()
+            if len(self._buffer) >= self.capacity:
+                self._room.clear()
+
+    async def wait_room(self) -> None:
+        """Back-pressure: the fetch loop waits here while the buffer is full."""
+        await self._room.wait()
+
+    async def take(self, max_records: int, within: float) -> list[Record]:
+        """Up to ``max_records``: waits for the first, then at most ``within`` seconds
+        for the batch to fill (Faust's ``take(max_, within)``). A batch taken is in
+        flight until :meth:`done` is called for it."""
+        while not self._buffer:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if len(self._buffer) < max_records:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within
+            while len(self._buffer) < max_records:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+        batch = self._buffer[:max_records]
+        del self._buffer[:max_records]
+        if len(self._buffer) < self.capacity:
+            self._room.set()
+        if batch:
+            self._taken += 1
+            self._idle.clear()
+        return batch
+
+    def done(self) -> None:
+        """A batch taken is finished: acked, or left to be read again."""
+        self._taken -= 1
+        if self._taken <= 0:
+            self._taken = 0
+            self._idle.set()
+
+    def clear(self) -> int:
+        """Drop what is buffered (a rebalance re-reads from the committed offsets)."""
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._room.set()
+        return dropped
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait for the batches in flight to finish; False when ``timeout`` ran out."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+#: The pause after an empty fetch that a broker answered at once (see PatientFetchThread).
+EMPTY_FETCH_PAUSE_S = 0.005
+
+
+class PatientFetchThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread, pausing briefly after an empty fetch answered at once.
+
+    Kafka holds a fetch that finds no data for ``fetch.max.wait.ms`` (Faust asks for
+    1.5 s) and answers as soon as data arrives. noida-db, the embedded broker, answers
+    at once, so aiokafka's fetch loop spins: an idle worker used 86-95 % of a core
+    (measured on the 2-core dev machine), CPU the broker and the agent then lack. After
+    an empty answer that came back in under a tenth of the wait, the next fetch waits
+    ``EMPTY_FETCH_PAUSE_S``: at most that much added latency, and against a broker that
+    honours the wait it never triggers."""
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        fetcher = self._consumer._fetcher
+        fetcher._proc_fetch_request = patient(
+            fetcher._proc_fetch_request, fetcher._fetch_max_wait_ms / 1000
+        )
+
+
+def patient(fetch: Callable[..., Any], max_wait_s: float, pause_s: float = EMPTY_FETCH_PAUSE_S):
+    """Wrap aiokafka's per-request fetch coroutine (it returns whether records came):
+    after an empty answer in under a tenth of ``max_wait_s``, wait ``pause_s``."""
+    honest = max_wait_s / 10
+
+    async def patient_fetch(*args: Any) -> bool:
+        started = time.monotonic()
+        got_records = await fetch(*args)
+        if not got_records and time.monotonic() - started < honest:
+            # Cancelled: closing or unassigned; aiokafka's own fetch returns quietly too.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(pause_s)
+        return got_records
+
+    return patient_fetch
+
+
+class BatchConsumer(AIOKafkaConsumer):
+    """faust-streaming's aiokafka consumer with a batch path for one topic.
+
+    Install before the app creates its consumer: ``app.transport.Consumer =
+    BatchConsumer``, then set :attr:`intake`. Without an intake it is Faust's consumer,
+    except that jumps in fetched offsets are never counted as done (offsets.py)."""
+
+    intake: Intake | None = None
+    #: How long a rebalance waits for the batch in flight (Faust waits for acks too).
+    rebalance_wait_s: float = 5.0
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return PatientFetchThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Faust files a jump in fetched offsets as offsets that do not exist, which its
+        commit counts as done (see offsets.py). Events topics here are neither compacted
+        nor transactional, so a jump is events not yet delivered: log it and leave the
+        offsets to the agent (which re-reads them, or confirms them absent)."""
+        log.info(
+            "%s[%d]: fetched offsets jumped over %d..%d; not counting them as done",
+            tp.topic,
+            tp.partition,
+            offset_from,
+            offset_to - 1,
+        )
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - on a broker
+        """Faust's fetch loop, with the intake's topic handed over a fetch at a time."""
+        intake = self.intake
+        if intake is None:
+            return await super()._drain_messages(fetcher)
+        consumer_stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                generation = self.app.consumer_generation_id
+                fetched, active = await self._wait_next_records(1.0)
+                if not fetched or self.should_stop:
+                    await self.sleep(0)
+                    continue
+                if not self.flow_active:  # fetched across a rebalance: Faust seeks back
+                    await self.perform_seek()
+                    continue
+                events: list[Record] = []
+                for tp, records in fetched.items():
+                    if not records:
+                        continue
+                    if not (active is None or tp in active or tp in self._buffered_partitions):
+                        continue  # paused meanwhile (as Faust's getmany skips it)
+                    if tp.topic == intake.topic:
+                        topic, partition = tp.topic, tp.partition
+                        events.extend(
+                            Record(r.key, r.value, topic, partition, r.offset, r.timestamp)
+                            for r in records
+                        )
+                        self._read_offset[TP(topic, partition)] = records[-1].offset
+                    else:
+                        await self._deliver_one_by_one(TP(tp.topic, tp.partition), records)
+                if self.flow_active and self.app.consumer_generation_id == generation:
+                    intake.put(events)
+                await self._maybe_commit()
+                await intake.wait_room()
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+    async def _deliver_one_by_one(self, tp: TP, records: Sequence[Any]) -> None:
+        """Faust's own path for any other topic (changelogs while recovering)."""
+        for record in records:
+            if not self.flow_active:
+                return
+            read = self._read_offset[tp]
+            if read is not None and record.offset < read:
+                continue  # Faust drops what lies before its read offset
+            if read is not None and record.offset - read > 1:
+                await self._add_gap(tp, read + 1, record.offset)
+            message = self._to_message(tp, record)
+            await self.wait_first(self.callback(message), self.suspend_flow.wait())
+            self._read_offset[tp] = record.offset
+
+    async def _maybe_commit(self) -> None:
+        every = self._commit_every
+        if every is not None and self._n_acked >= every:
+            self._n_acked = 0
+            await self.commit()
+
+    def ack_records(self, records: Sequence[Record]) -> int:
+        """Mark answered records done for Faust's next commit (``Consumer.ack`` for a
+        batch: its rules, one lock). Returns how many were newly acked."""
+        by_tp: dict[TP, list[int]] = {}
+        for rec in records:
+            by_tp.setdefault(TP(rec.topic, rec.partition), []).append(rec.offset)
+        newly = 0
+        with ack_lock:
+            for tp, offsets in by_tp.items():
+                committed = self._committed_offset[tp]
+                index, acked = self._acked_index[tp], self._acked[tp]
+                for offset in offsets:
+                    if (committed is None or offset >= committed) and offset not in index:
+                        index.add(offset)
+                        acked.append(offset)
+                        newly += 1
+            self._n_acked += newly
+            notify(self._waiting_for_ack)
+        return newly
+
+    def stop_flow(self) -> None:
+        """A rebalance begins: like Faust's cleared stream buffers, drop the fetched
+        events (every partition is re-read from its committed offset afterwards)."""
+        super().stop_flow()
+        if self.intake is not None:
+            dropped = self.intake.clear()
+            if dropped:
+                log.info("rebalance: %d fetched events will be re-read", dropped)
+
+    async def wait_empty(self) -> None:
+        """A rebalance waits for events in flight to be acked: the intake's batches too."""
+        intake = self.intake
+        waiting = intake is not None and not self.should_stop
+        if waiting and not await intake.wait_idle(self.rebalance_wait_s):
+            log.warning(
+                "rebalance: batches in flight did not finish in %.0fs; their events "
+                "will be read again from the committed offsets",
+                self.rebalance_wait_s,
+            )
+        await super().wait_empty()
+
+
+def still_assigned(assignment: Callable[[], set]) -> Callable[[Sequence[Record]], bool]:
+    """Whether every record's partition is still this worker's."""
+
+    def check(records: Sequence[Record]) -> bool:
+        owned = {(tp.topic, tp.partition) for tp in assignment()}
+        return all((r.topic, r.partition) in owned for r in records)
+
+    return check

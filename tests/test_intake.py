@@ -1,0 +1,273 @@
+"""The batch intake (events from Faust's fetcher to the agent) and the in-order
+delivery pipeline, without a broker: their rules are what keeps at-least-once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import pytest
+from faust.types import TP
+from intervaltree import IntervalTree
+
+from streamrec import metrics
+from streamrec.delivery import Deliveries, Outgoing
+from streamrec.intake import BatchConsumer, Intake, patient
+from streamrec.pipeline import Record
+
+
+def recs(partition: int, *offsets: int, topic: str = "ev") -> list[Record]:
+    return [Record(b"u", b"{}", topic, partition, o) for o in offsets]
+
+
+# -- Intake ------------------------------------------------------------------------------
+def test_take_returns_a_full_batch_at_once_and_keeps_the_rest() -> None:
+    async def run() -> tuple[list[int], int]:
+        intake = Intake("ev", capacity=100)
+        intake.put(recs(0, *range(7)))
+        batch = await intake.take(5, within=10.0)  # full: no waiting for `within`
+        return [r.offset for r in batch], len(intake)
+
+    assert asyncio.run(run()) == ([0, 1, 2, 3, 4], 2)
+
+
+def test_take_waits_for_the_first_record_then_at_most_within() -> None:
+    async def run() -> tuple[list[int], float]:
+        intake = Intake("ev", capacity=100)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, intake.put, recs(0, 1))
+        loop.call_later(0.08, intake.put, recs(0, 2))
+        start = loop.time()
+        batch = await intake.take(500, within=0.1)
+        return [r.offset for r in batch], loop.time() - start
+
+    offsets, took = asyncio.run(run())
+    assert offsets == [1, 2]
+    assert 0.14 <= took < 0.5  # first record at 0.05 s, then the 0.1 s linger
+
+
+def test_a_full_intake_holds_the_fetcher_back_until_the_agent_takes() -> None:
+    async def run() -> list[str]:
+        intake = Intake("ev", capacity=4)
+        seen: list[str] = []
+        intake.put(recs(0, *range(4)))
+
+        async def fetcher() -> None:
+            await intake.wait_room()
+            seen.append("fetcher resumed")
+
+        task = asyncio.create_task(fetcher())
+        await asyncio.sleep(0.02)
+        seen.append("agent takes")
+        await intake.take(2, within=0)
+        await task
+        return seen
+
+    assert asyncio.run(run()) == ["agent takes", "fetcher resumed"]
+
+
+def test_a_rebalance_waits_for_batches_in_flight_and_clear_drops_the_buffer() -> None:
+    async def run() -> tuple[bool, bool, int, int]:
+        intake = Intake("ev", capacity=100)
+        intake.put(recs(0, 1, 2, 3))
+        await intake.take(1, within=0)
+        await intake.take(1, within=0)  # two batches in flight (pipelined)
+        busy = await intake.wait_idle(0.01)
+        intake.done()
+        still_busy = await intake.wait_idle(0.01)
+        intake.done()
+        dropped = intake.clear()
+        return busy, still_busy, dropped, len(intake)
+
+    busy, still_busy, dropped, left = asyncio.run(run())
+    assert (busy, still_busy) == (False, False)
+    assert (dropped, left) == (1, 0)
+    assert asyncio.run(_idle_after_done())
+
+
+async def _idle_after_done() -> bool:
+    intake = Intake("ev", capacity=10)
+    intake.put(recs(0, 1))
+    await intake.take(1, within=0)
+    intake.done()
+    return await intake.wait_idle(0.01)
+
+
+# -- acking into Faust's commit book-keeping ----------------------------------------------
+def bare_consumer(committed: dict[TP, int | None]) -> BatchConsumer:
+    """Only the book-keeping attributes ``ack_records`` uses (Faust's Consumer.__init__)."""
+    consumer = BatchConsumer.__new__(BatchConsumer)
+    consumer._committed_offset = defaultdict(lambda: None, committed)
+    consumer._acked = defaultdict(list)
+    consumer._acked_index = defaultdict(set)
+    consumer._n_acked = 0
+    consumer._waiting_for_ack = None
+    consumer._gap = defaultdict(IntervalTree)
+    return consumer
+
+
+def test_acked_records_are_what_faust_commits() -> None:
+    consumer = bare_consumer({TP("ev", 0): 10})
+    newly = consumer.ack_records(recs(0, 8, 9, 10, 11) + recs(1, 0, 1) + recs(0, 11))
+    assert newly == 4  # 8, 9 are below the committed offset; 11 twice counts once
+    assert consumer._acked[TP("ev", 0)] == [10, 11]
+    assert consumer._acked[TP("ev", 1)] == [0, 1]
+    assert consumer._n_acked == 4
+    assert consumer._new_offset(TP("ev", 0)) == 12  # Faust's own commit arithmetic
+
+
+# -- the patient fetch ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("records", "answer_s", "pauses"),
+    [(False, 0.0, True), (True, 0.0, False), (False, 0.2, False)],
+    ids=["empty-at-once", "records", "empty-after-a-real-wait"],
+)
+def test_only_an_empty_answer_at_once_pauses_the_next_fetch(
+    records: bool, answer_s: float, pauses: bool
+) -> None:
+    async def fetch(*args: object) -> bool:
+        await asyncio.sleep(answer_s)
+        return records
+
+    async def run() -> float:
+        wrapped = patient(fetch, max_wait_s=1.5, pause_s=0.1)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await wrapped("assignment", 1, "request") is records
+        return loop.time() - start - answer_s
+
+    extra = asyncio.run(run())
+    assert (extra >= 0.09) is pauses
+
+
+# -- deliveries ---------------------------------------------------------------------------
+class _Batch(list):
+    """aiokafka's BatchBuilder, as far as ``send_batches`` uses it."""
+
+    def append(self, key=None, value=None, timestamp=None):
+        super().append((key, value))
+        return True  # never full
+
+
+class FakeProducer:
+    """Stands in for Faust's producer under ``send_batches``: records every record
+    batch sent and hands out its delivery future."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, list[bytes]]] = []
+        self.futures: list[asyncio.Future] = []
+
+    def _ensure_producer(self) -> FakeProducer:
+        return self
+
+    def create_batch(self) -> _Batch:
+        return _Batch()
+
+    async def send_batch(self, batch: list, topic: str, partition: int) -> asyncio.Future:
+        self.sent.append((topic, partition, [v for _, v in batch]))
+        fut = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        return fut
+
+
+class Meta:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+def ignore(out: Outgoing) -> None:
+    pass
+
+
+def owned(records: list[Record]) -> bool:
+    return True
+
+
+def outgoing(n: int) -> Outgoing:
+    return Outgoing(recs(0, n), [("recs", {0: [(b"u", f"r{n}".encode())]})], info=n)
+
+
+def test_batches_finish_in_send_order_whatever_order_kafka_confirms() -> None:
+    async def run() -> list[int]:
+        producer, finished = FakeProducer(), []
+        d = Deliveries(lambda: producer, 4, lambda o: finished.append(o.info), ignore, owned)
+        runner = asyncio.create_task(d.run())
+        for n in range(3):
+            await d.send(outgoing(n))
+        producer.futures[2].set_result(Meta(2))
+        producer.futures[1].set_result(Meta(1))
+        await asyncio.sleep(0.01)
+        assert finished == []  # batch 0 not confirmed yet: nothing may be acked
+        producer.futures[0].set_result(Meta(0))
+        await asyncio.sleep(0.01)
+        runner.cancel()
+        return finished
+
+    assert asyncio.run(run()) == [0, 1, 2]
+
+
+def test_at_most_depth_batches_are_in_flight() -> None:
+    async def run() -> tuple[int, int]:
+        producer = FakeProducer()
+        d = Deliveries(lambda: producer, 2, lambda o: None, ignore, owned)
+        runner = asyncio.create_task(d.run())
+        await d.send(outgoing(0))
+        await d.send(outgoing(1))
+        third = asyncio.create_task(d.send(outgoing(2)))
+        await asyncio.sleep(0.02)
+        waiting = len(producer.sent)
+        producer.futures[0].set_result(Meta(0))
+        await third
+        runner.cancel()
+        return waiting, len(producer.sent)
+
+    assert asyncio.run(run()) == (2, 3)
+
+
+def test_a_failed_delivery_sends_every_batch_in_flight_again_in_order() -> None:
+    async def run() -> tuple[list[str], list[int]]:
+        producer, finished = FakeProducer(), []
+        d = Deliveries(
+            lambda: producer, 4, lambda o: finished.append(o.info), ignore, owned, first_wait=0.01
+        )
+        runner = asyncio.create_task(d.run())
+        for n in range(3):
+            await d.send(outgoing(n))
+        producer.futures[1].set_result(Meta(1))
+        producer.futures[0].set_exception(RuntimeError("KafkaTimeoutError"))
+        await asyncio.sleep(0.1)
+        for fut in producer.futures[3:]:
+            fut.set_result(Meta(0))
+        producer.futures[2].set_result(Meta(2))
+        await asyncio.sleep(0.05)
+        runner.cancel()
+        return [v[0].decode() for _, _, v in producer.sent], finished
+
+    before = metrics.BATCH_RETRIES._value.get()
+    order, finished = asyncio.run(run())
+    # batch 0 failed: 0, 1 and 2 go again, in order, so a user's newest state stays last
+    assert order == ["r0", "r1", "r2", "r0", "r1", "r2"]
+    assert finished == [0, 1, 2]
+    assert metrics.BATCH_RETRIES._value.get() - before == 1
+
+
+def test_batches_whose_partitions_were_reassigned_are_dropped_not_acked() -> None:
+    async def run() -> tuple[list[int], list[int]]:
+        producer, finished, dropped = FakeProducer(), [], []
+        d = Deliveries(
+            lambda: producer,
+            4,
+            lambda o: finished.append(o.info),
+            lambda o: dropped.append(o.info),
+            lambda records: False,  # a rebalance took the partition
+            first_wait=0.01,
+        )
+        runner = asyncio.create_task(d.run())
+        await d.send(outgoing(0))
+        await d.send(outgoing(1))
+        producer.futures[0].set_exception(RuntimeError("NotLeaderForPartition"))
+        await asyncio.sleep(0.05)
+        runner.cancel()
+        return finished, dropped
+
+    assert asyncio.run(run()) == ([], [0, 1])
