@@ -235,14 +235,24 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 gaps.chop(hole.missing, hole.seen)
             await app.consumer.seek(tp, hole.missing)
 
+    # Whole batches, not messages, travel through Faust's stream to the agent (a bounded
+    # in-memory channel: the intake fills the next batch while the agent works).
+    batches = app.channel(maxsize=2)
+
     @app.task
-    async def recommend() -> None:
-        """The agent: batches from the intake, in order per partition, answered once."""
-        serving = models.ranker
+    async def batch_events() -> None:
+        """Cuts the intake into batches: ``batch_size`` events or ``linger_ms``."""
         while True:
             batch = await intake.take(spec.batch_size, spec.linger_ms / 1000)
-            if not batch:  # a rebalance emptied the intake
-                continue
+            if batch:
+                await batches.send(value=batch)
+
+    @app.agent(batches, concurrency=1)
+    async def recommend(stream: faust.StreamT) -> None:
+        """The agent: one batch at a time, in order per partition, answered once."""
+        serving = models.ranker
+        async for batch in stream:
+            intake.begin()  # a rebalance now waits for this batch (intake.py)
             admitted = guard.admit(batch)
             if TRACE_OFFSETS:
                 log.info("offsets: %s", offset_ranges(admitted.records))

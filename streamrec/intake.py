@@ -6,15 +6,17 @@ and the flow switch), builds a ``Message``, the conductor takes a lock and decod
 into an ``Event``, the stream queues it and runs the take buffer's processor — ~16 % of
 the worker's event loop, for work a batch needs once. The worker reads the events topic
 through :class:`BatchConsumer` instead: its fetch loop hands each fetched record batch of
-that topic to an :class:`Intake` as :class:`~streamrec.pipeline.Record`s, the agent takes
-``batch_size`` of them (or what came within ``linger_ms``) and, once they are answered
-and delivered, acks their offsets into Faust's commit book-keeping in one call.
+that topic to an :class:`Intake` as :class:`~streamrec.pipeline.Record`s; they are cut
+into batches of ``batch_size`` (or what came within ``linger_ms``), each batch is one
+event on a Faust channel that the agent consumes, and once a batch is answered and
+delivered its offsets are acked into Faust's commit book-keeping in one call.
 
 Everything else stays Faust's: group membership and rebalancing, the sessions table
 (RocksDB, changelog, recovery, standbys), offset commits, the producer. Records of other
 topics (changelogs while recovering) go through Faust's own per-message path. On a
-rebalance Faust stops the flow, clears what it buffered and waits until in-flight
-events are acked; the intake does the same for its buffer and in-flight batch.
+rebalance Faust stops the flow, clears what it buffered (the batches queued for the
+agent with it) and waits until in-flight events are acked; the intake clears its buffer
+and waits for the batches the agent has begun.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ log = logging.getLogger("streamrec.intake")
 class Intake:
     """Fetched events waiting for the agent, with room for ``capacity`` of them.
 
-    Lives on the worker's event loop: the fetch loop puts, the agent takes."""
+    Lives on the worker's event loop: the fetch loop puts, the batcher takes."""
 
     def __init__(self, topic: str, capacity: int) -> None:
         self.topic = topic
@@ -49,9 +51,9 @@ class Intake:
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        self._idle = asyncio.Event()  # every batch taken is done()
+        self._idle = asyncio.Event()  # every batch begun is done()
         self._idle.set()
-        self._taken = 0
+        self._working = 0
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -69,8 +71,7 @@ class Intake:
 
     async def take(self, max_records: int, within: float) -> list[Record]:
         """Up to ``max_records``: waits for the first, then at most ``within`` seconds
-        for the batch to fill (Faust's ``take(max_, within)``). A batch taken is in
-        flight until :meth:`done` is called for it."""
+        for the batch to fill (Faust's ``take(max_, within)``)."""
         while not self._buffer:
             self._arrived.clear()
             await self._arrived.wait()
@@ -88,16 +89,19 @@ class Intake:
         del self._buffer[:max_records]
         if len(self._buffer) < self.capacity:
             self._room.set()
-        if batch:
-            self._taken += 1
-            self._idle.clear()
         return batch
 
+    def begin(self) -> None:
+        """The agent started on a batch: a rebalance waits until it is :meth:`done`.
+        (Batches still queued for the agent are cleared by the rebalance with Faust's
+        stream buffers and read again from the committed offsets.)"""
+        self._working += 1
+        self._idle.clear()
+
     def done(self) -> None:
-        """A batch taken is finished: acked, or left to be read again."""
-        self._taken -= 1
-        if self._taken <= 0:
-            self._taken = 0
+        """A batch begun is finished: acked, or left to be read again."""
+        self._working = max(0, self._working - 1)
+        if not self._working:
             self._idle.set()
 
     def clear(self) -> int:
