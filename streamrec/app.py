@@ -1,14 +1,16 @@
 """The Faust app: thin glue from the events topic to :func:`pipeline.process_batch`.
 
-Per batch (``take_events``: ``batch_size`` events or ``linger_ms``, whichever first):
-records -> process_batch -> session-table writes (one RocksDB WriteBatch + changelog record
-batch per partition, sink.py), recommendations, dead letters (record batches per
-partition) -> wait until Kafka has them -> Faust acks the batch. Offsets are committed
-only after the producer is flushed (Faust does that on commit), so delivery is
-at-least-once and the state's own bookkeeping makes a redelivered event harmless.
-Two guards keep it at-least-once where Faust alone is not: every batch passes the
-offset guard (offsets.py: no event of a partition may skip the agent), and a batch that
-fails is retried, never skipped (Faust acks a batch's events even after an exception).
+Events arrive through the batch intake (intake.py: Faust's consumer hands over whole
+fetches), are cut into batches (``batch_size`` events or ``linger_ms``, whichever
+first) and reach the agent as one channel event per batch. Per batch: records ->
+process_batch -> session-table writes (one RocksDB WriteBatch per partition, sink.py)
+-> changelog, recommendations, dead letters sent as record batches per partition ->
+once Kafka has all of it (delivery.py, in order, while the agent goes on with the next
+batch) the changelog offsets are stored and the batch's offsets acked for Faust's
+commit. So delivery is at-least-once and the state's own bookkeeping makes a
+redelivered event harmless. Every batch also passes the offset guard (offsets.py: no
+event of a partition may skip the agent), and a batch that fails is retried, never
+skipped.
 """
 
 from __future__ import annotations

@@ -85,3 +85,33 @@ def test_load_refuses_foreign_directories(tmp_path: Path) -> None:
     (tmp_path / "metadata.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="format"):
         CooccurrenceModel.load(tmp_path)
+
+
+def test_trimming_candidates_and_neighbour_order_do_not_change_answers() -> None:
+    """recommend_batch keeps only the k + |excluded| best candidates of each request,
+    and the model stores each item's neighbours in index order: both are speed-ups
+    only, so the answers (items, scores, reasons) must equal untrimmed scoring over
+    neighbours in any order."""
+    events, _ = generate_log(users=300, items=200, events_per_user=12, seed=3)
+    m = CooccurrenceModel.fit(rows(events))
+    histories: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for e in events:
+        histories[e["user_id"]].append((e["item_id"], e["event_type"]))
+    hs = list(histories.values())[:120]
+    excludes = [None if n % 2 else {h[0] for h in hs[n][:3]} for n in range(len(hs))]
+
+    def answers(model: CooccurrenceModel) -> list:
+        lists = model.recommend_batch(hs, k=15, excludes=excludes)
+        return [[(r.item_id, r.score, r.reasons) for r in lst] for lst in lists]
+
+    reversed_columns = CooccurrenceModel(
+        m.item_ids, m._nbr_idx[:, ::-1].copy(), m._nbr_score[:, ::-1].copy(), m.popularity
+    )
+    untrimmed = CooccurrenceModel(m.item_ids, m._nbr_idx, m._nbr_score, m.popularity)
+    untrimmed._score_votes = lambda n, req, pos, idx, wts, limits=None: (  # type: ignore
+        CooccurrenceModel._score_votes(untrimmed, n, req, pos, idx, wts)
+    )
+    expected = answers(m)
+    assert answers(reversed_columns) == expected
+    assert answers(untrimmed) == expected
+    assert sum(len(a) for a in expected) == 15 * len(hs)
