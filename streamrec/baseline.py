@@ -311,9 +311,12 @@ class CooccurrenceModel:
             strongest = np.repeat(np.maximum.reduceat(c, starts), np.diff(np.r_[starts, len(c)]))
             at = np.where(c == strongest, np.arange(len(c)), len(c))
             ukey, because = key[starts], src[np.minimum.reduceat(at, starts)]
-            # Best first within each request: by score, then (stably) by request.
-            order = np.argsort(-score, kind="stable")
-            order = order[np.argsort(ukey[order] // n, kind="stable")]
+            # Best first within each request, ties in item order: one stable sort on
+            # request x span - (score - lowest), which keeps requests apart; two stable
+            # sorts, by score then by request, were 12 % of process_batch (py-spy).
+            lowest = score.min()
+            span = float(score.max() - lowest) + 1.0
+            order = np.argsort((ukey // n) * span - (score - lowest), kind="stable")
             ukey, score, because = ukey[order], score[order], because[order]
         bounds = np.searchsorted(ukey // n, np.arange(n_requests + 1))
         if limits is not None and len(ukey):
