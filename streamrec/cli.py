@@ -508,11 +508,13 @@ def evaluate(
     started = time.perf_counter()
     results = evaluate_offline(events, model)
     if stream:
-        results.update(
-            evaluate_stream(
+        try:
+            streamed = evaluate_stream(
                 events, model, workdir, bootstrap, progress=lambda line: console.print(line)
             )
-        )
+        except RuntimeError as err:
+            raise _fail(f"--stream: {err}") from None
+        results.update(streamed)
     _print_table(
         f"{events.name}: leave-one-out, full ranking, seen items masked",
         results,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -200,6 +201,7 @@ def evaluate_stream(
         join=replace(topo.join, enabled=join),
     )
     topo_file = topo.dump(workdir / "topology.yaml")
+    state_dir = workdir / f"state-{topo.app_id}"
     broker = None if bootstrap else EmbeddedBroker(log=workdir / "broker.log")
     worker = None
     try:
@@ -207,7 +209,9 @@ def evaluate_stream(
         create_topology_topics(topo, address)
         worker = start_worker(
             model=Path(model_dir),
-            data_dir=workdir / "state",
+            # Faust names its RocksDB files by table, not by app: a state directory left
+            # by an earlier run (another namespace) would hand this one its offsets.
+            data_dir=state_dir,
             bootstrap=address,
             topology=topo_file,
             log=workdir / "worker.log",
@@ -225,10 +229,16 @@ def evaluate_stream(
         ):
             answers[msg.doc["event_id"]] = [i["item_id"] for i in msg.doc["items"]]
         progress(f"{len(answers):,} answers for {sent.delivered:,} events")
+        if worker.poll() is not None or not answers:
+            raise RuntimeError(
+                f"the worker {'exited' if worker.poll() is not None else 'answered nothing'}"
+                f"; see {workdir / 'worker.log'}"
+            )
     finally:
         stop_process(worker)
         if broker:
             broker.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)  # scratch state of this run only
     loo, nxt = Metrics(), Metrics()
     for s in per_user.values():
         for (eid, _), (next_id, next_item) in itertools.pairwise(s):
