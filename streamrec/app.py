@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
 
 import faust
@@ -129,6 +129,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         )
 
     @app.task
+    @essential(app)
     async def follow_catalog() -> None:
         """Every worker applies every catalog change (an agent would share the topic's
         partitions across the group), from the start of the compacted topic, in order;
@@ -199,6 +200,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
     )
 
     @app.task
+    @essential(app)
     async def deliver() -> None:
         """Finishes sent batches in order as Kafka confirms them (delivery.py)."""
         await deliveries.run()
@@ -233,7 +235,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
             )  # fmt: skip
             metrics.OFFSET_HOLES.inc()
             gaps = app.consumer._gap.get(tp)
-            if gaps:  # filed by Faust before keep_holes_open, or by an older hole
+            if gaps:  # filed for this hole when it proved absent before; it is back
                 gaps.chop(hole.missing, hole.seen)
             await app.consumer.seek(tp, hole.missing)
 
@@ -242,12 +244,22 @@ def create_app(settings: WorkerSettings) -> faust.App:
     batches = app.channel(maxsize=2)
 
     @app.task
+    @essential(app)
     async def batch_events() -> None:
         """Cuts the intake into batches: ``batch_size`` events or ``linger_ms``."""
         while True:
             batch = await intake.take(spec.batch_size, spec.linger_ms / 1000)
-            if batch:
-                await batches.send(value=batch)
+            if not batch:
+                continue
+            # An in-memory channel hands a value to the streams iterating it *now* and
+            # to nobody else: wait until the agent's stream is there (start-up).
+            waited = 0
+            while not batches.subscriber_count:
+                if waited % 100 == 0:
+                    log.info("holding a batch of %d until the agent subscribes", len(batch))
+                waited += 1
+                await asyncio.sleep(0.01)
+            await batches.send(value=batch)
 
     @app.agent(batches, concurrency=1)
     async def recommend(stream: faust.StreamT) -> None:
@@ -280,6 +292,29 @@ def create_app(settings: WorkerSettings) -> faust.App:
                 intake.done()
 
     return app
+
+
+def essential(app: faust.App):
+    """For the worker's long-running tasks: one that stops is logged at once and stops
+    the worker (exit code non-zero, so it is restarted and re-reads from the committed
+    offsets) — Faust would keep the exception in the task's future, unseen, while the
+    worker stays up without it (found as a worker that went idle after a restart)."""
+
+    def wrap(fn):
+        @wraps(fn)
+        async def run() -> None:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                log.critical("%s stopped: %r; stopping the worker", fn.__name__, exc, exc_info=True)
+                await app.crash(exc)
+                raise
+
+        return run
+
+    return wrap
 
 
 async def retry_until_done(
