@@ -62,10 +62,12 @@ class Deliveries:
         owned: Callable[[Sequence[Record]], bool],
         first_wait: float = 0.5,
         max_wait: float = 30.0,
+        stall_warning_s: float = 10.0,
     ) -> None:
         self.producer, self.depth = producer, max(1, depth)
         self.finish, self.dropped, self.owned = finish, dropped, owned
         self.first_wait, self.max_wait = first_wait, max_wait
+        self.stall_warning_s = stall_warning_s
         self._flights: deque[Outgoing] = deque()
         self._changed = asyncio.Event()
         self._order = asyncio.Lock()  # a resend and a new send never interleave
@@ -99,7 +101,7 @@ class Deliveries:
                 self._changed.clear()
                 await self._changed.wait()
             out = self._flights[0]
-            outcomes = await asyncio.gather(*(f for *_, f in out.sent), return_exceptions=True)
+            outcomes = await self._delivered(out)
             error = next((o for o in outcomes if isinstance(o, BaseException)), None)
             if error is None:
                 self._flights.popleft()
@@ -117,6 +119,22 @@ class Deliveries:
             await asyncio.sleep(wait)
             wait = min(self.max_wait, wait * 2)
             await self._resend_or_drop()
+
+    async def _delivered(self, out: Outgoing) -> list:
+        """The outcome of each record batch of ``out``; says so while Kafka is slow."""
+        outcomes = asyncio.gather(*(f for *_, f in out.sent), return_exceptions=True)
+        started = time.monotonic()
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(outcomes), self.stall_warning_s)
+            except TimeoutError:
+                pending = sorted({(t, p) for t, p, _, f in out.sent if not f.done()})
+                log.warning(
+                    "a batch of %d events has waited %.0fs for Kafka to acknowledge %s",
+                    len(out.records),
+                    time.monotonic() - started,
+                    ", ".join(f"{t}[{p}]" for t, p in pending),
+                )
 
     async def _resend_or_drop(self) -> None:
         async with self._order:

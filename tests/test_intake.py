@@ -262,3 +262,23 @@ def test_batches_whose_partitions_were_reassigned_are_dropped_not_acked() -> Non
         return finished, dropped
 
     assert asyncio.run(run()) == ([], [0, 1])
+
+
+def test_a_slow_acknowledgement_is_reported_and_still_awaited(caplog) -> None:
+    async def run() -> list[int]:
+        producer, finished = FakeProducer(), []
+        d = Deliveries(
+            lambda: producer, 4, lambda o: finished.append(o.info), ignore, owned,
+            stall_warning_s=0.02,
+        )  # fmt: skip
+        runner = asyncio.create_task(d.run())
+        await d.send(outgoing(7))
+        await asyncio.sleep(0.07)
+        producer.futures[0].set_result(Meta(7))
+        await asyncio.sleep(0.01)
+        runner.cancel()
+        return finished
+
+    with caplog.at_level("WARNING", logger="streamrec.delivery"):
+        assert asyncio.run(run()) == [7]
+    assert "waited" in caplog.text and "recs[0]" in caplog.text
