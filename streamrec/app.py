@@ -33,7 +33,7 @@ from faust.types import TP
 
 from . import metrics
 from .config import aiokafka_security, faust_credentials
-from .delivery import Deliveries, Outgoing
+from .delivery import Backoff, Deliveries, Outgoing
 from .events import Rejected, decode_catalog
 from .graph import GraphIndex, apply_catalog_update, load_index
 from .intake import BatchConsumer, Intake, still_assigned
@@ -297,8 +297,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
 def essential(app: faust.App):
     """For the worker's long-running tasks: one that stops is logged at once and stops
     the worker (exit code non-zero, so it is restarted and re-reads from the committed
-    offsets) — Faust would keep the exception in the task's future, unseen, while the
-    worker stays up without it (found as a worker that went idle after a restart)."""
+    offsets). Faust keeps such an exception in the task's future, unseen, while the
+    worker stays up without the task — and, with the batcher or the deliveries gone,
+    idle."""
 
     def wrap(fn):
         @wraps(fn)
@@ -326,7 +327,7 @@ async def retry_until_done(
 ) -> bool:
     """Run ``attempt()`` until it succeeds (True), or until ``owned(records)`` says a
     rebalance took their partitions away (False: the next owner re-reads them)."""
-    failures, wait = 0, first_wait
+    backoff = Backoff(first_wait, max_wait)
     while True:
         try:
             await attempt()
@@ -334,7 +335,7 @@ async def retry_until_done(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            failures += 1
+            failures = backoff.failed()
             if not owned(records):
                 log.warning(
                     "batch of %d events failed (%r) and its partitions were reassigned; "
@@ -343,19 +344,17 @@ async def retry_until_done(
                     exc,
                 )
                 return False
-            metrics.BATCH_RETRIES.inc()
             parts = sorted({(r.topic, r.partition) for r in records})
             log.error(
                 "batch of %d events (%s) failed, attempt %d; retrying in %.1fs: %r",
                 len(records),
                 ", ".join(f"{t}[{p}]" for t, p in parts),
                 failures,
-                wait,
+                backoff.wait,
                 exc,
                 exc_info=failures == 1,
             )
-            await asyncio.sleep(wait)
-            wait = min(max_wait, wait * 2)
+            await backoff.retry()
 
 
 def offset_ranges(records: list[Record]) -> str:

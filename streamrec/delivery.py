@@ -47,6 +47,29 @@ class Outgoing:
         return [(p, n, f) for t, p, n, f in self.sent if t == topic]
 
 
+class Backoff:
+    """The wait between attempts at a batch that failed: ``first_wait``, doubling, at
+    most ``max_wait``. Every retry counts in ``streamrec_batch_retries_total``."""
+
+    def __init__(self, first_wait: float = 0.5, max_wait: float = 30.0) -> None:
+        self.first_wait, self.max_wait = first_wait, max_wait
+        self.reset()
+
+    def reset(self) -> None:
+        self.failures, self.wait = 0, self.first_wait
+
+    def failed(self) -> int:
+        """Count a failure; returns how many in a row."""
+        self.failures += 1
+        return self.failures
+
+    async def retry(self) -> None:
+        """Wait before the next attempt (the retry is counted)."""
+        metrics.BATCH_RETRIES.inc()
+        await asyncio.sleep(self.wait)
+        self.wait = min(self.max_wait, self.wait * 2)
+
+
 class Deliveries:
     """Outgoing batches in send order; :meth:`run` finishes them as Kafka confirms.
 
@@ -66,14 +89,11 @@ class Deliveries:
     ) -> None:
         self.producer, self.depth = producer, max(1, depth)
         self.finish, self.dropped, self.owned = finish, dropped, owned
-        self.first_wait, self.max_wait = first_wait, max_wait
+        self.backoff = Backoff(first_wait, max_wait)
         self.stall_warning_s = stall_warning_s
         self._flights: deque[Outgoing] = deque()
         self._changed = asyncio.Event()
         self._order = asyncio.Lock()  # a resend and a new send never interleave
-
-    def __len__(self) -> int:
-        return len(self._flights)
 
     async def send(self, out: Outgoing) -> None:
         """Send a batch (waits while ``depth`` batches are in flight)."""
@@ -95,7 +115,7 @@ class Deliveries:
 
     async def run(self) -> None:
         """Finish batches in order as their deliveries complete (a long-running task)."""
-        failures, wait = 0, self.first_wait
+        backoff = self.backoff
         while True:
             while not self._flights:
                 self._changed.clear()
@@ -106,18 +126,15 @@ class Deliveries:
             if error is None:
                 self._flights.popleft()
                 self._changed.set()
-                failures, wait = 0, self.first_wait
+                backoff.reset()
                 self._finish(out)
                 continue
-            failures += 1
-            metrics.BATCH_RETRIES.inc()
             log.error(
                 "delivery of a batch of %d events failed (attempt %d): %r; sending the "
                 "%d batches in flight again in %.1fs",
-                len(out.records), failures, error, len(self._flights), wait,
+                len(out.records), backoff.failed(), error, len(self._flights), backoff.wait,
             )  # fmt: skip
-            await asyncio.sleep(wait)
-            wait = min(self.max_wait, wait * 2)
+            await backoff.retry()
             await self._resend_or_drop()
 
     async def _delivered(self, out: Outgoing) -> list:
