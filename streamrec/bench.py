@@ -194,6 +194,21 @@ def produce_paced(
     producer.flush(60)
 
 
+def _wait_outputs(
+    reader: OutputReader, n: int, procs: list, timeout: float
+) -> tuple[float, float] | None:
+    """Wait for ``n`` outputs; (monotonic time, CPU seconds of ``procs``) when the first
+    output arrived, or None on timeout."""
+    deadline, first = time.monotonic() + timeout, None
+    while len(reader.arrivals) < n and time.monotonic() < deadline:
+        if first is None and reader.arrivals:
+            first = (time.monotonic(), sum(_proc_stats(p.pid)[0] for p in procs))
+        time.sleep(0.02)
+    if len(reader.arrivals) < n:
+        return None
+    return first or (time.monotonic(), sum(_proc_stats(p.pid)[0] for p in procs))
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     return {
         name: round(percentile(values, q), 2)
@@ -315,9 +330,10 @@ def bench_system(
         for n, port in enumerate(ports)
     ]
     try:
-        cpu0 = sum(_proc_stats(p.pid)[0] for p in procs)
-        t0 = time.monotonic()
-        if not reader.wait(len(values), 300):
+        # CPU while answering: from the first output seen to the last (start-up, model
+        # loading and joining the group left out, they diluted the figure).
+        first = _wait_outputs(reader, len(values), procs, 300)
+        if first is None:
             raise RuntimeError(
                 f"{system}: only {len(reader.arrivals)}/{len(values)} outputs; "
                 f"see {cfg.workdir / (system + '.log')}"
@@ -326,7 +342,8 @@ def bench_system(
         result.max_rate = round(len(values) / span, 1) if span > 0 else float("inf")
         stats = [_proc_stats(p.pid) for p in procs]
         cpu1, rss = sum(c for c, _ in stats), sum(r for _, r in stats)
-        result.cpu_percent = round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 1)
+        elapsed = time.monotonic() - first[0]
+        result.cpu_percent = round(100 * (cpu1 - first[1]) / elapsed, 1) if elapsed else 0.0
         result.rss_mb = round(rss / 2**20, 1)
         progress(
             f"{system}{f' x{count}' if count > 1 else ''}: max {result.max_rate:,.0f} events/s "

@@ -141,6 +141,30 @@ class PatientFetchThread(AIOKafkaConsumerThread):
         fetcher._proc_fetch_request = patient(
             fetcher._proc_fetch_request, fetcher._fetch_max_wait_ms / 1000
         )
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        task = getattr(coordinator, "_coordination_task", None)
+        if task is not None:
+            task.add_done_callback(crash_when_failed(self.app.crash, self.app.loop))
+
+
+def crash_when_failed(crash: Callable[[BaseException], Any], loop: asyncio.AbstractEventLoop):
+    """A done-callback for aiokafka's group coordination task: if it failed, stop the
+    worker (``crash`` run on the app's ``loop``; the task ends in the consumer thread).
+
+    aiokafka logs the failure and ends the task, but Faust's fetch path never looks at
+    it: the worker stayed up, a group member that never rejoins, and every other member
+    of the group waited for it (four workers on the H100: noida-db sent one of them an
+    empty assignment, aiokafka could not decode it). Stopped, it is restarted, and
+    until then the broker drops it from the group after the session timeout."""
+
+    def on_done(task: asyncio.Future) -> None:
+        if task.cancelled() or task.exception() is None:
+            return  # closed with the consumer
+        exc = task.exception()
+        log.critical("Kafka group coordination stopped: %r; stopping the worker", exc)
+        asyncio.run_coroutine_threadsafe(crash(exc), loop)
+
+    return on_done
 
 
 def patient(fetch: Callable[..., Any], max_wait_s: float, pause_s: float = EMPTY_FETCH_PAUSE_S):

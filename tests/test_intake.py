@@ -4,6 +4,7 @@ delivery pipeline, without a broker: their rules are what keeps at-least-once.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 
 import pytest
@@ -12,7 +13,7 @@ from intervaltree import IntervalTree
 
 from streamrec import metrics
 from streamrec.delivery import Deliveries, Outgoing
-from streamrec.intake import BatchConsumer, Intake, patient
+from streamrec.intake import BatchConsumer, Intake, crash_when_failed, patient
 from streamrec.pipeline import Record
 
 
@@ -21,6 +22,45 @@ def recs(partition: int, *offsets: int, topic: str = "ev") -> list[Record]:
 
 
 # -- Intake ------------------------------------------------------------------------------
+def test_failed_group_coordination_in_the_consumer_thread_stops_the_worker() -> None:
+    """aiokafka's coordination task dies in Faust's consumer thread (its own loop);
+    the app, on the main loop, must be crashed, and a normal close must not."""
+    import threading
+
+    crashed: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def consumer_thread() -> None:
+            async def coordination(fail: bool) -> None:
+                if fail:
+                    raise ValueError("unpack requires a buffer of 2 bytes")
+
+            async def run() -> None:
+                for fail in (False, True):
+                    task = asyncio.ensure_future(coordination(fail))
+                    task.add_done_callback(crash_when_failed(crash, loop))
+                    with contextlib.suppress(ValueError):
+                        await task
+
+            asyncio.run(run())
+
+        thread = threading.Thread(target=consumer_thread)
+        thread.start()
+        await asyncio.to_thread(thread.join)
+        for _ in range(100):
+            if crashed:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert [str(e) for e in crashed] == ["unpack requires a buffer of 2 bytes"]
+
+
 def test_take_returns_a_full_batch_at_once_and_keeps_the_rest() -> None:
     async def run() -> tuple[list[int], int]:
         intake = Intake("ev", capacity=100)
