@@ -85,6 +85,16 @@ def test_the_faust_internals_the_worker_relies_on_are_there() -> None:
     assert "Consumer = Consumer" in inspect.getsource(Transport)
     for name in ("_wait_next_records", "perform_seek", "_to_message", "wait_empty"):
         assert hasattr(BatchConsumer, name), name
+    # intake.PatientFetchThread: the fetcher it wraps and the coordination task it
+    # watches exist once Faust's consumer thread has started aiokafka's consumer.
+    from aiokafka.consumer.consumer import AIOKafkaConsumer
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert "await self._consumer.start()" in inspect.getsource(AIOKafkaConsumerThread.on_start)
+    assert "self._coordinator = GroupCoordinator(" in inspect.getsource(AIOKafkaConsumer.start)
+    coordination = inspect.getsource(GroupCoordinator.__init__)
+    assert "self._coordination_task = create_task(self._coordination_routine())" in coordination
 
 
 def test_jumps_in_fetched_offsets_are_not_counted_as_done() -> None:
