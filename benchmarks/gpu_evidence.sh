@@ -12,6 +12,10 @@
 # bench4: four workers sharing the GPU.
 # profile1: one worker at its max rate on the 1 M-item model, sampled by py-spy (on PATH).
 # Everything lands in OUTDIR.
+# On the lent H100 (2026-11-23): wheels installed with `pip install --no-deps --target
+# /tmp/site` (typer and click left out: the image's own work), streamrec likewise, and the
+# script run from a directory outside the source tree (its `streamrec` would shadow the
+# installed one, which maps schemas/ into the package) with benchmarks/ linked there.
 set -euo pipefail
 OUT=${1:?usage: gpu_evidence.sh OUTDIR PHASE...}
 shift

@@ -133,7 +133,8 @@ class PatientFetchThread(AIOKafkaConsumerThread):
     (measured on the 2-core dev machine), CPU the broker and the agent then lack. After
     an empty answer that came back in under a tenth of the wait, the next fetch waits
     ``EMPTY_FETCH_PAUSE_S``: at most that much added latency, and against a broker that
-    honours the wait it never triggers."""
+    honours the wait it never triggers. It also stops the worker if aiokafka's group
+    coordination fails (:func:`crash_when_failed`)."""
 
     async def on_start(self) -> None:
         await super().on_start()
