@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from .baseline import CooccurrenceModel
 from .broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
@@ -143,13 +143,32 @@ class OutputReader(threading.Thread):
                 },
             )
         )
+        self.topic = topic
         self.consumer.subscribe([topic])
         self.arrivals: list[float] = []  # output message timestamps, s
         self.latencies: list[tuple[float, float]] = []  # (receive time, latency ms)
         self.stop = threading.Event()
+        # Until set, nothing is fetched: against noida-db, which answers empty fetches at
+        # once, librdkafka's fetcher spins (~50 % of a core on the 2-core dev machine),
+        # CPU the measured system then lacks. The max-rate run reads its outputs after
+        # the fact (its rate comes from their Kafka timestamps); latency runs read live.
+        self.live = threading.Event()
+        self._partitions: list[int] = []
+
+    def produced(self) -> int:
+        """Messages on the output topic so far (its end offsets; it starts empty)."""
+        if not self._partitions:
+            meta = self.consumer.list_topics(self.topic, timeout=5).topics[self.topic]
+            self._partitions = sorted(meta.partitions)
+        return sum(
+            self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
+            for p in self._partitions
+        )
 
     def run(self) -> None:
         while not self.stop.is_set():
+            if not self.live.wait(0.05):
+                continue
             for m in self.consumer.consume(1000, 0.05):
                 if m.error():
                     continue
@@ -194,19 +213,32 @@ def produce_paced(
     producer.flush(60)
 
 
-def _wait_outputs(
-    reader: OutputReader, n: int, procs: list, timeout: float
-) -> tuple[float, float] | None:
-    """Wait for ``n`` outputs; (monotonic time, CPU seconds of ``procs``) when the first
-    output arrived, or None on timeout."""
+def _wait_outputs(reader: OutputReader, n: int, procs: list, timeout: float) -> float | None:
+    """Wait until ``n`` outputs are on the topic, then read them; the CPU share of
+    ``procs`` while they were written (from the last poll that found none to the one that
+    found all: start-up left out), or None on timeout."""
     deadline, first = time.monotonic() + timeout, None
-    while len(reader.arrivals) < n and time.monotonic() < deadline:
-        if first is None and reader.arrivals:
-            first = (time.monotonic(), sum(_proc_stats(p.pid)[0] for p in procs))
+
+    def sample() -> tuple[float, float]:
+        return time.monotonic(), sum(_proc_stats(p.pid)[0] for p in procs)
+
+    before = sample()  # the last sample while nothing was written yet
+    while (produced := reader.produced()) < n:
+        if time.monotonic() > deadline:
+            reader.live.set()
+            return None
+        if first is None:
+            if produced:
+                first = before
+            else:
+                before = sample()
         time.sleep(0.02)
-    if len(reader.arrivals) < n:
+    last = sample()
+    first = first or before
+    reader.live.set()
+    if not reader.wait(n, max(30.0, deadline - time.monotonic())):
         return None
-    return first or (time.monotonic(), sum(_proc_stats(p.pid)[0] for p in procs))
+    return (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else 0.0
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -330,10 +362,8 @@ def bench_system(
         for n, port in enumerate(ports)
     ]
     try:
-        # CPU while answering: from the first output seen to the last (start-up, model
-        # loading and joining the group left out, they diluted the figure).
-        first = _wait_outputs(reader, len(values), procs, 300)
-        if first is None:
+        cpu_share = _wait_outputs(reader, len(values), procs, 300)
+        if cpu_share is None:
             raise RuntimeError(
                 f"{system}: only {len(reader.arrivals)}/{len(values)} outputs; "
                 f"see {cfg.workdir / (system + '.log')}"
@@ -341,9 +371,8 @@ def bench_system(
         span = max(reader.arrivals) - min(reader.arrivals)
         result.max_rate = round(len(values) / span, 1) if span > 0 else float("inf")
         stats = [_proc_stats(p.pid) for p in procs]
-        cpu1, rss = sum(c for c, _ in stats), sum(r for _, r in stats)
-        elapsed = time.monotonic() - first[0]
-        result.cpu_percent = round(100 * (cpu1 - first[1]) / elapsed, 1) if elapsed else 0.0
+        rss = sum(r for _, r in stats)
+        result.cpu_percent = round(100 * cpu_share, 1)
         result.rss_mb = round(rss / 2**20, 1)
         progress(
             f"{system}{f' x{count}' if count > 1 else ''}: max {result.max_rate:,.0f} events/s "
