@@ -217,24 +217,20 @@ def _wait_outputs(reader: OutputReader, n: int, procs: list, timeout: float) -> 
     """Wait until ``n`` outputs are on the topic, then read them; the CPU share of
     ``procs`` while they were written (from the last poll that found none to the one that
     found all: start-up left out), or None on timeout."""
-    deadline, first = time.monotonic() + timeout, None
+    deadline = time.monotonic() + timeout
 
     def sample() -> tuple[float, float]:
         return time.monotonic(), sum(_proc_stats(p.pid)[0] for p in procs)
 
-    before = sample()  # the last sample while nothing was written yet
+    first = sample()  # kept up to date until something is written
     while (produced := reader.produced()) < n:
         if time.monotonic() > deadline:
             reader.live.set()
             return None
-        if first is None:
-            if produced:
-                first = before
-            else:
-                before = sample()
+        if not produced:
+            first = sample()
         time.sleep(0.02)
     last = sample()
-    first = first or before
     reader.live.set()
     if not reader.wait(n, max(30.0, deadline - time.monotonic())):
         return None
@@ -365,8 +361,8 @@ def bench_system(
         cpu_share = _wait_outputs(reader, len(values), procs, 300)
         if cpu_share is None:
             raise RuntimeError(
-                f"{system}: only {len(reader.arrivals)}/{len(values)} outputs; "
-                f"see {cfg.workdir / (system + '.log')}"
+                f"{system}: {reader.produced()}/{len(values)} outputs written, "
+                f"{len(reader.arrivals)} read; see {cfg.workdir / (system + '.log')}"
             )
         span = max(reader.arrivals) - min(reader.arrivals)
         result.max_rate = round(len(values) / span, 1) if span > 0 else float("inf")

@@ -229,9 +229,10 @@ def evaluate_stream(
         ):
             answers[msg.doc["event_id"]] = [i["item_id"] for i in msg.doc["items"]]
         progress(f"{len(answers):,} answers for {sent.delivered:,} events")
-        if worker.poll() is not None or not answers:
+        exited = worker.poll() is not None
+        if exited or not answers:
             raise RuntimeError(
-                f"the worker {'exited' if worker.poll() is not None else 'answered nothing'}"
+                f"the worker {'exited' if exited else 'answered nothing'}"
                 f"; see {workdir / 'worker.log'}"
             )
     finally:
