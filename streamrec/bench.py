@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from .baseline import CooccurrenceModel
 from .broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
-from .config import client_config, producer_config
+from .config import consumer_config, producer_config
 from .datasets import generate_log
 from .evaluate import percentile
 from .procs import free_port, start_worker, stop_process
@@ -45,7 +45,7 @@ SYSTEMS = ("raw", "faust", "worker")
 def run_raw_loop(bootstrap: str, source: str, sink: str, group: str) -> None:
     """(a) consume -> decode -> produce with confluent-kafka, batched both ways."""
     consumer = Consumer(
-        client_config(
+        consumer_config(
             bootstrap,
             **{"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": True},
         )
@@ -133,7 +133,7 @@ class OutputReader(threading.Thread):
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True)
         self.consumer = Consumer(
-            client_config(
+            consumer_config(
                 bootstrap,
                 **{
                     "group.id": f"bench-{uuid.uuid4().hex[:8]}",

@@ -45,6 +45,21 @@ def client_config(bootstrap: str | None = None, **overrides: Any) -> dict[str, A
     return conf
 
 
+# The embedded broker (noida-db) answers a fetch with everything after the offset,
+# whatever fetch.max.bytes says; librdkafka refuses a response over
+# receive.message.max.bytes (100 MB by default) and retries forever, so a consumer that
+# fell that far behind never read again. Apache Kafka keeps a response within
+# fetch.max.bytes (50 MB), where this ceiling changes nothing.
+MAX_RESPONSE_BYTES = 2_147_483_647  # librdkafka's largest
+
+
+def consumer_config(bootstrap: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A confluent-kafka consumer's config; ``STREAMREC_KAFKA_*`` may lower the ceiling."""
+    conf = client_config(bootstrap, **overrides)
+    conf.setdefault("receive.message.max.bytes", MAX_RESPONSE_BYTES)
+    return conf
+
+
 def producer_config(bootstrap: str | None = None, **overrides: Any) -> dict[str, Any]:
     return client_config(
         bootstrap,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from .config import client_config
+from .config import consumer_config
 from .pipeline import Record
 
 TP = tuple[str, int]  # (topic, partition)
@@ -100,7 +100,7 @@ def first_offset_from(
     A blocking read with a throw-away consumer (no group, nothing committed), for the
     rare hole that needs proof; run it off the event loop."""
     consumer = Consumer(
-        client_config(
+        consumer_config(
             bootstrap,
             **{
                 "group.id": "streamrec-offset-check",

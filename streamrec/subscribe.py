@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from .config import client_config
+from .config import consumer_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ def consume(
     """Yield decoded messages from ``topic``. Without ``group`` a fresh, uncommitted
     group is used so every subscriber sees every message. Stops after ``limit``
     messages, ``idle_timeout`` seconds without one, or when ``stop()`` is true."""
-    conf = client_config(
+    conf = consumer_config(
         bootstrap,
         **{
             "group.id": group or f"streamrec-subscribe-{uuid.uuid4().hex[:12]}",
