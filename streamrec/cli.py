@@ -539,7 +539,7 @@ def evaluate(
 
 @app.command()
 def bench(
-    events: Annotated[int, typer.Option(help="Backlog events for the max-rate run.")] = 20000,
+    events: Annotated[int, typer.Option(help="Backlog events for the max-rate run.")] = 60000,
     users: Annotated[int, typer.Option(help="Distinct users in the generated events.")] = 5000,
     items: Annotated[int, typer.Option(help="Catalog size.")] = 3706,
     load_seconds: Annotated[float, typer.Option(help="Seconds per offered-load step.")] = 5.0,
