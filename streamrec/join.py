@@ -17,7 +17,7 @@ the graph beyond one precomputed hop.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .baseline import PAST_TENSE, Recommendation
@@ -53,26 +53,27 @@ class GraphJoin:
     def join(
         self,
         state: SessionState,
-        candidates: list[Recommendation],
+        candidates: Iterable[Recommendation],
         explain: Callable[[SessionState, list[Recommendation]], None] | None = None,
     ) -> list[dict]:
-        """The final top-k, as message dicts, from the model's candidates; ``explain``
-        (the ranker's) gives the chosen model candidates their reasons."""
+        """The final top-k, as message dicts, from the model's candidates (best first;
+        read only as far as needed); ``explain`` (the ranker's) gives the chosen model
+        candidates their reasons."""
         idx, s = self.index, self.s
         history = [(e[0], e[1]) for e in state.entries if e[0] is not None]
         recent = history[-s.recent :]
         seen = {i for i, _ in history}
         bought = {i for i, t in history if t == "purchase"}
         blocked = bought | idx.unavailable
-        ranked = [c for c in candidates if c.item_id not in blocked]
         cold_item = bool(recent) and recent[-1][0] not in self.known
         known_items = sum(1 for i, _ in history if i in self.known)
         if known_items <= s.short_history or cold_item:
             # Nothing the model knows (or the latest item is new to it): the model's list
             # is popularity, and the graph leads. Otherwise the model leads.
             graph_leads = known_items == 0 or cold_item
-            ranked = self._blend(ranked, self._expand(recent, seen | blocked), graph_leads)
-        chosen = self._diversify(ranked)
+            model = [c for c in candidates if c.item_id not in blocked]
+            candidates = self._blend(model, self._expand(recent, seen | blocked), graph_leads)
+        chosen = self._diversify(candidates, blocked)
         if explain is not None:
             explain(state, chosen)
         shared = self._recent_targets(recent)
@@ -137,9 +138,15 @@ class GraphJoin:
         self._primary_cache[item] = found
         return found
 
-    def _diversify(self, ranked: list[Recommendation]) -> list[Recommendation]:
+    def _diversify(
+        self, ranked: Iterable[Recommendation], blocked: set[str]
+    ) -> list[Recommendation]:
+        """The first ``top_k`` not blocked, at most ``max_per_value`` per primary value;
+        reads ``ranked`` only as far as it must."""
         out, spill, per_value = [], [], Counter()
         for c in ranked:
+            if c.item_id in blocked:
+                continue
             value = self._primary(c.item_id)
             if value is not None and per_value[value] >= self.s.max_per_value:
                 spill.append(c)

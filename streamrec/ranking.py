@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,7 +48,9 @@ class RankResult:
     model_states: dict[str, ModelState] = field(default_factory=dict)
 
 
-Candidates = list[list[Recommendation]]
+# Per request, best first. An iterable, not a list: the join reads only as many as it
+# keeps (~top_k of the `candidates` it asks for), and the rest are never made.
+Candidates = list[Iterable[Recommendation]]
 
 
 class Ranker(Protocol):
@@ -81,7 +83,8 @@ class CandidateRanker(ABC):
         return None
 
     def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
-        lists, states = self.candidates(requests)
+        candidates, states = self.candidates(requests)
+        lists = [list(c) for c in candidates]
         titles = self.titles
         for req, recs in zip(requests, lists, strict=True):
             self.explain(req.state, recs)
@@ -97,7 +100,7 @@ class CooccurrenceRanker(CandidateRanker):
 
     def rank_states(self, states: Sequence[SessionState]) -> Candidates:
         histories = [[(e[0], e[1]) for e in s.entries if e[0] is not None] for s in states]
-        return self.model.recommend_batch(histories, k=self.top_k)  # excludes the history
+        return self.model.ranked_batch(histories, k=self.top_k)  # excludes the history
 
     def rank_one(self, state: SessionState) -> list[dict[str, Any]]:
         return self.rank_batch([RankRequest("", state)]).items[0]
@@ -159,7 +162,7 @@ class SequentialRanker(CandidateRanker):
         for r, feed in enumerate(feeds):
             items[r, : len(feed)] = [i for _, i in feed]
         modelled = [n for n in range(len(requests)) if positions[n][2]]
-        out: list[list[Recommendation] | None] = [None] * len(requests)
+        out: list[Iterable[Recommendation] | None] = [None] * len(requests)
         states_out: dict[str, ModelState] = {}
         if modelled:
             gather = np.array([positions[n][0] * (width + 1) + positions[n][1] for n in modelled])
@@ -234,11 +237,11 @@ class GraphRanker:
         self.top_k = join.s.top_k
 
     def rank_batch(self, requests: Sequence[RankRequest]) -> RankResult:
-        lists, states = self.base.candidates(requests)
+        candidates, states = self.base.candidates(requests)
         explain = self.base.explain
         items = [
             self.join.join(req.state, cands, explain)
-            for req, cands in zip(requests, lists, strict=True)
+            for req, cands in zip(requests, candidates, strict=True)
         ]
         return RankResult(items, states)
 

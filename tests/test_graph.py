@@ -36,6 +36,7 @@ CATALOG = [
     {"item_id": "4", "title": "Ronin", "attributes": {"genre": ["Action"]}},
     {"item_id": "5", "title": "Cars", "attributes": {"genre": ["Animation"]}, "available": False},
 ]
+CATALOG_IDS = [c["item_id"] for c in CATALOG]
 TRIPLES = [
     {"head": "m.toy", "relation": "film.film.directed_by", "tail": "m.lasseter"},
     {"head": "m.lasseter", "relation": "film.director.film", "tail": "m.toy"},
@@ -104,6 +105,27 @@ def test_join_filters_diversifies_and_explains(index: GraphIndex) -> None:
     join2 = GraphJoin(index, JoinSettings(top_k=2, max_per_value=1, short_history=0), known=set())
     many = [Recommendation(i, 1.0, ["m"]) for i in ("2", "1", "3")]
     assert [c["item_id"] for c in join2.join(SessionState(), many)] == ["2", "3"]
+
+
+def test_join_reads_candidates_only_as_far_as_it_keeps(index: GraphIndex) -> None:
+    """Rankers hand the join lazy candidates (making the unused ones was 20 % of a
+    batch): it must stop reading once it has top_k, and answer as it does for a list."""
+    join = GraphJoin(
+        index, JoinSettings(top_k=2, max_per_value=1, short_history=0), known=set(CATALOG_IDS)
+    )
+    state = SessionState(entries=[view("1"), view("4", "purchase", 1)], n_events=2)
+    order = ["5", "4", "2", "3", "1"] + [f"x{n}" for n in range(50)]
+    read: list[str] = []
+
+    def lazy():
+        for item in order:
+            read.append(item)
+            yield Recommendation(item, 1.0, ["model"])
+
+    out = join.join(state, lazy())
+    assert [c["item_id"] for c in out] == ["2", "3"]
+    assert read == ["5", "4", "2", "3"]  # the blocked two are skipped, nothing past "3"
+    assert out == join.join(state, [Recommendation(i, 1.0, ["model"]) for i in order])
 
 
 def test_new_item_gets_candidates_from_the_graph(index: GraphIndex) -> None:
