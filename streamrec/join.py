@@ -24,6 +24,8 @@ from .baseline import PAST_TENSE, Recommendation
 from .graph import REASON_TEXT, RELATION_WEIGHT, GraphIndex
 from .state import SessionState
 
+_EXPLAIN_CACHE = 200_000  # items whose explainable links are kept (~35 links each)
+
 
 @dataclass(frozen=True)
 class JoinSettings:
@@ -48,6 +50,9 @@ class GraphJoin:
         self.known = known  # items the model can score
         self.model_titles = titles or {}  # titles the model knows, for items the graph lacks
         self._primary_cache: dict[str, str | None] = {}
+        # item -> {target: (relation weight, specificity, reason text, value name)} for
+        # its links that can explain; per generation, at most _EXPLAIN_CACHE items.
+        self._explain_cache: dict[str, dict[str, tuple[float, float, str, str]]] = {}
         self._cache_generation = index.generation
 
     def join(
@@ -60,33 +65,44 @@ class GraphJoin:
         read only as far as needed); ``explain`` (the ranker's) gives the chosen model
         candidates their reasons."""
         idx, s = self.index, self.s
+        self._check_generation()  # once per event: the caches below are per generation
         history = [(e[0], e[1]) for e in state.entries if e[0] is not None]
         recent = history[-s.recent :]
-        seen = {i for i, _ in history}
         bought = {i for i, t in history if t == "purchase"}
         blocked = bought | idx.unavailable
         cold_item = bool(recent) and recent[-1][0] not in self.known
-        known_items = sum(1 for i, _ in history if i in self.known)
+        known_items = 0  # counted only as far as the test below needs
+        for i, _ in history:
+            if i in self.known:
+                known_items += 1
+                if known_items > s.short_history:
+                    break
         if known_items <= s.short_history or cold_item:
             # Nothing the model knows (or the latest item is new to it): the model's list
             # is popularity, and the graph leads. Otherwise the model leads.
             graph_leads = known_items == 0 or cold_item
             model = [c for c in candidates if c.item_id not in blocked]
+            seen = {i for i, _ in history}
             candidates = self._blend(model, self._expand(recent, seen | blocked), graph_leads)
         chosen = self._diversify(candidates, blocked)
         if explain is not None:
             explain(state, chosen)
         shared = self._recent_targets(recent)
-        return [self._explain(c, recent, shared) for c in chosen]
+        recent_type = dict(recent)  # item -> its most recent event type
+        texts: dict[tuple[str, str, str], tuple[str, str | None]] = {}  # made this event
+        return [self._explain(c, recent, shared, recent_type, texts) for c in chosen]
 
     def _recent_targets(self, recent: list[tuple[str, str]]) -> dict[str, tuple[int, str]]:
         """Graph nodes the recent items link to -> (age, item) of the most recent one.
         Built once per event, so explaining a candidate is one pass over its own links
         (intersecting link sets per candidate and recent item was 16 % of the batch)."""
         out: dict[str, tuple[int, str]] = {}
-        for age, (h, _) in enumerate(reversed(recent)):
-            for target in self.index.item_links.get(h, ()):
-                out.setdefault(target, (age, h))
+        links = self.index.item_links
+        # Oldest first, so a more recent item's entry replaces an older one's; each
+        # item's links in one C-level update (a Python setdefault per link was 13 %).
+        for age in range(len(recent) - 1, -1, -1):
+            h = recent[-1 - age][0]
+            out.update(dict.fromkeys(links.get(h, ()), (age, h)))
         return out
 
     def _expand(self, recent: list[tuple[str, str]], exclude: set[str]) -> list[Recommendation]:
@@ -124,11 +140,31 @@ class GraphJoin:
                 merged[c.item_id] = ((old[0] if old else 0.0) + points, old[1] if old else c)
         return [c for _, c in sorted(merged.values(), key=lambda x: -x[0])]
 
-    def _primary(self, item: str) -> str | None:
-        """The item's first value of the diversity attribute (cached per generation)."""
+    def _check_generation(self) -> None:
+        """Catalog updates change links and value degrees: drop what was derived."""
         if self._cache_generation != self.index.generation:
             self._primary_cache.clear()
+            self._explain_cache.clear()
             self._cache_generation = self.index.generation
+
+    def _explainable(self, item: str) -> dict[str, tuple[float, float, str, str]]:
+        """The item's links that can give a reason, with what weighing them needs."""
+        found = self._explain_cache.get(item)
+        if found is not None:
+            return found
+        idx = self.index
+        found = {
+            target: (RELATION_WEIGHT[rel], idx.specificity(target), text, target.split(":", 2)[-1])
+            for target, rel in idx.item_links.get(item, {}).items()
+            if (text := REASON_TEXT.get(rel)) is not None
+        }
+        if len(self._explain_cache) >= _EXPLAIN_CACHE:
+            self._explain_cache.clear()  # a huge catalog: bounded, not all of it
+        self._explain_cache[item] = found
+        return found
+
+    def _primary(self, item: str) -> str | None:
+        """The item's first value of the diversity attribute (cached per generation)."""
         try:
             return self._primary_cache[item]
         except KeyError:
@@ -162,25 +198,26 @@ class GraphJoin:
         cand: Recommendation,
         recent: list[tuple[str, str]],
         shared: dict[str, tuple[int, str]],
+        recent_type: dict[str, str],
+        texts: dict[tuple[str, str, str], tuple[str, str | None]],
     ) -> dict:
         """The strongest graph path from the candidate to something the user did: a
         shared attribute/entity (weighted by relation, specificity and recency) or a
-        co-bought/co-consumed edge; the more recent of equals wins."""
+        co-bought/co-consumed edge; the more recent of equals wins. ``texts`` keeps the
+        reasons formatted for this event: candidates share their winning paths."""
         idx = self.index
         item = cand.item_id
         best: tuple[float, int, str, str, str] | None = None  # weight, age, text, value, item
-        links = idx.item_links.get(item, {})
+        links = self._explainable(item)
         # One C-level intersection instead of a Python loop over every link (profiled);
-        # sorted, so equal weights resolve the same way in every process.
-        for target in sorted(links.keys() & shared.keys()):
-            rel = links[target]
-            text = REASON_TEXT.get(rel)
-            if text is None:
-                continue
+        # of equal weights the smallest target wins, so every process answers alike.
+        best_target = ""
+        for target in links.keys() & shared.keys():
+            rel_weight, specificity, text, value = links[target]
             age, h = shared[target]
-            weight = 0.9**age * RELATION_WEIGHT[rel] * idx.specificity(target)
-            if best is None or weight > best[0]:
-                best = (weight, age, text, target.split(":", 2)[-1], h)
+            weight = 0.9**age * rel_weight * specificity
+            if best is None or weight > best[0] or (weight == best[0] and target < best_target):
+                best, best_target = (weight, age, text, value, h), target
         co = idx.co_relation.get(item)
         if co:
             for age, (h, _) in enumerate(reversed(recent)):
@@ -191,24 +228,28 @@ class GraphJoin:
                         phrase = "often bought with" if rel == "co_bought" else "often chosen with"
                         best = (weight, age, phrase + ' "{t}"', "", h)
                     break  # the most recent co-link is the strongest one
-        text = None
         reasons = cand.reasons or []
         if best is not None:  # format only the winner
-            h = best[4]
-            htype = next(t for i, t in reversed(recent) if i == h)
-            verb = PAST_TENSE.get(htype, "interacted with")
-            title = idx.title(h)
-            text = best[2].format(t=title, v=best[3]) + f", which you {verb}"
-            if best[3] == "":  # a co-link: the model's "often together with" it says the same
-                same = f'often together with "{title}"'
+            key = (best[2], best[3], best[4])
+            made = texts.get(key)
+            if made is None:
+                h = best[4]
+                verb = PAST_TENSE.get(recent_type[h], "interacted with")
+                title = idx.title(h)
+                # A co-link: the model's "often together with" it says the same.
+                same = f'often together with "{title}"' if best[3] == "" else None
+                text = best[2].format(t=title, v=best[3]) + f", which you {verb}"
+                made = texts[key] = (text, same)
+            text, same = made
+            if same is not None:
                 reasons = [r for r in reasons if not r.startswith(same)]
-        reasons = list(reasons)
-        if text is not None:
-            reasons.insert(0, text)
-        elif not reasons or reasons[0].startswith("one of the most popular"):
-            value = self._primary(item)
-            if value is not None:
-                reasons = [f"popular in {value.split(':', 2)[-1]}"]
+            reasons = [text, *reasons]
+        else:
+            reasons = list(reasons)
+            if not reasons or reasons[0].startswith("one of the most popular"):
+                value = self._primary(item)
+                if value is not None:
+                    reasons = [f"popular in {value.split(':', 2)[-1]}"]
         out = {
             "item_id": item,
             "score": cand.score,

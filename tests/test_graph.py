@@ -128,6 +128,18 @@ def test_join_reads_candidates_only_as_far_as_it_keeps(index: GraphIndex) -> Non
     assert out == join.join(state, [Recommendation(i, 1.0, ["model"]) for i in order])
 
 
+def test_join_explains_with_the_graph_as_updated(index: GraphIndex) -> None:
+    """The join keeps what it derives from the graph per generation: after a catalog
+    update the same join must explain from the new links."""
+    join = GraphJoin(index, JoinSettings(top_k=3, short_history=0), known={"1", "3"})
+    state = SessionState(entries=[view("1")], n_events=1)
+    (before,) = join.join(state, [Recommendation("3", 1.0, ["model"])])
+    assert before["reasons"] == ["model"]  # Heat shares nothing with Toy Story
+    apply_catalog_update(index, {"item_id": "3", "attributes": {"genre": ["Animation"]}})
+    (after,) = join.join(state, [Recommendation("3", 1.0, ["model"])])
+    assert after["reasons"][0].startswith('same genre (Animation) as "Toy Story"')
+
+
 def test_new_item_gets_candidates_from_the_graph(index: GraphIndex) -> None:
     apply_catalog_update(
         index, {"item_id": "9", "title": "Brand New", "attributes": {"genre": ["Action"]}}
