@@ -140,6 +140,25 @@ def test_join_explains_with_the_graph_as_updated(index: GraphIndex) -> None:
     assert after["reasons"][0].startswith('same genre (Animation) as "Toy Story"')
 
 
+def test_strongest_path_wins_between_shared_links_and_co_links() -> None:
+    """A co-link to a recent item against a shared director with another: recency and
+    relation decide, whichever way round (the join skips the shared links only when
+    none of them can win)."""
+    co_bought = [("u3", "2", "purchase", 1), ("u3", "3", "purchase", 2)]
+    idx = GraphIndex.from_graph(build_graph(CATALOG, events=co_bought, triples=TRIPLES))
+    join = GraphJoin(idx, JoinSettings(top_k=1, short_history=0), known={"1", "2", "3", "4"})
+
+    def reason(*history: str) -> str:
+        state = SessionState(entries=[view(h, n=n) for n, h in enumerate(history)])
+        (out,) = join.join(state, [Recommendation("2", 1.0, ["model"])])
+        return out["reasons"][0]
+
+    # Co-bought with Heat, just rated (1.5), beats the director shared with Toy Story.
+    assert reason("1", "3").startswith('often bought with "Heat"')
+    # Heat two events back (0.9² x 1.5) loses to the director shared with the latest.
+    assert reason("3", "4", "1").startswith('same director as "Toy Story"')
+
+
 def test_new_item_gets_candidates_from_the_graph(index: GraphIndex) -> None:
     apply_catalog_update(
         index, {"item_id": "9", "title": "Brand New", "attributes": {"genre": ["Action"]}}
