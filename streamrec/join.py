@@ -16,9 +16,11 @@ the graph beyond one precomputed hop.
 
 from __future__ import annotations
 
-from collections import Counter
+import heapq
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 
 from .baseline import PAST_TENSE, Recommendation
 from .graph import REASON_TEXT, RELATION_WEIGHT, GraphIndex
@@ -111,8 +113,12 @@ class GraphJoin:
         return out
 
     def _expand(self, recent: list[tuple[str, str]], exclude: set[str]) -> list[Recommendation]:
+        """Graph candidates for a short or cold history: the items sharing values with,
+        or co-chosen with, the recent items, weighted by relation and recency."""
         idx = self.index
-        scores: Counter = Counter()
+        # A defaultdict's missing keys are filled in C (a Counter calls Python for each):
+        # each recent item adds to up to (links x per_value_cap) others.
+        scores: defaultdict[str, float] = defaultdict(float)
         for age, (item, _) in enumerate(reversed(recent)):
             decay = 0.7**age
             for target, rel in idx.item_links.get(item, {}).items():
@@ -123,9 +129,8 @@ class GraphJoin:
                 scores[other] += decay * 2.0 * weight / (1.0 + weight)
         for item in exclude:
             scores.pop(item, None)
-        return [
-            Recommendation(i, round(sc, 4), []) for i, sc in scores.most_common(5 * self.s.top_k)
-        ]
+        best = heapq.nlargest(5 * self.s.top_k, scores.items(), key=itemgetter(1))
+        return [Recommendation(i, round(sc, 4), []) for i, sc in best]
 
     def _blend(
         self, model: list[Recommendation], graph: list[Recommendation], graph_leads: bool
