@@ -237,18 +237,7 @@ class CooccurrenceModel:
         decay: float = 0.7,
     ) -> list[Recommendation]:
         """Rank for one session. ``history``: (item_id, event_type), oldest first."""
-        return self.recommend_batch([history], k, [exclude], recent, decay)[0]
-
-    def recommend_batch(
-        self,
-        histories: Sequence[Sequence[tuple[str, str]]],
-        k: int = 10,
-        excludes: Sequence[set[str] | None] | None = None,
-        recent: int = 5,
-        decay: float = 0.7,
-    ) -> list[list[Recommendation]]:
-        """Rank for many sessions at once (see :meth:`ranked_batch`), as lists."""
-        return [list(ranked) for ranked in self.ranked_batch(histories, k, excludes, recent, decay)]
+        return list(self.ranked_batch([history], k, [exclude], recent, decay)[0])
 
     def ranked_batch(
         self,

@@ -88,7 +88,7 @@ def test_load_refuses_foreign_directories(tmp_path: Path) -> None:
 
 
 def test_trimming_candidates_and_neighbour_order_do_not_change_answers() -> None:
-    """recommend_batch keeps only the k + |excluded| best candidates of each request,
+    """ranked_batch keeps only the k + |excluded| best candidates of each request,
     and the model stores each item's neighbours in index order: both are speed-ups
     only, so the answers (items, scores, reasons) must equal untrimmed scoring over
     neighbours in any order."""
@@ -101,7 +101,7 @@ def test_trimming_candidates_and_neighbour_order_do_not_change_answers() -> None
     excludes = [None if n % 2 else {h[0] for h in hs[n][:3]} for n in range(len(hs))]
 
     def answers(model: CooccurrenceModel) -> list:
-        lists = model.recommend_batch(hs, k=15, excludes=excludes)
+        lists = [list(r) for r in model.ranked_batch(hs, k=15, excludes=excludes)]
         return [[(r.item_id, r.score, r.reasons) for r in lst] for lst in lists]
 
     reversed_columns = CooccurrenceModel(
