@@ -159,6 +159,19 @@ def test_strongest_path_wins_between_shared_links_and_co_links() -> None:
     assert reason("3", "4", "1").startswith('same director as "Toy Story"')
 
 
+def test_explain_cache_is_bounded_and_changes_no_answer(
+    index: GraphIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = SessionState(entries=[view("1"), view("3", n=1)], n_events=2)
+    cands = [Recommendation(i, 1.0, ["model"]) for i in ("2", "4", "5", "1", "3")]
+    settings = JoinSettings(top_k=5, max_per_value=5, short_history=0)
+    unbounded = GraphJoin(index, settings, known=set(CATALOG_IDS)).join(state, cands)
+    monkeypatch.setattr("streamrec.join._EXPLAIN_CACHE", 2)
+    join = GraphJoin(index, settings, known=set(CATALOG_IDS))
+    assert join.join(state, cands) == unbounded
+    assert 1 <= len(join._explain_cache) <= 2
+
+
 def test_new_item_gets_candidates_from_the_graph(index: GraphIndex) -> None:
     apply_catalog_update(
         index, {"item_id": "9", "title": "Brand New", "attributes": {"genre": ["Action"]}}
