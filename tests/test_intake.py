@@ -8,6 +8,7 @@ import contextlib
 from collections import defaultdict
 
 import pytest
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 from intervaltree import IntervalTree
 
@@ -145,6 +146,35 @@ def test_acked_records_are_what_faust_commits() -> None:
     assert consumer._acked[TP("ev", 1)] == [0, 1]
     assert consumer._n_acked == 4
     assert consumer._new_offset(TP("ev", 0)) == 12  # Faust's own commit arithmetic
+
+
+class SeekingThread:
+    """The consumer thread's seek, as the rewind uses it; ``revoked`` raise as aiokafka."""
+
+    def __init__(self, revoked: set[TP] = frozenset()) -> None:
+        self.seeks: list[tuple[TP, int]] = []
+        self.revoked = revoked
+
+    def seek(self, tp: TP, offset: int) -> None:
+        if tp in self.revoked:
+            raise IllegalStateError(f"No current assignment for partition {tp}")
+        self.seeks.append((tp, offset))
+
+
+def test_fetched_events_not_handed_over_are_read_again_from_the_first() -> None:
+    """A fetch that found its partitions paused (recovery) moved past their events, and
+    aiokafka's seek to committed offsets leaves a partition with no commit where it is:
+    the consumer must seek back itself, or those events wait forever (the restart stall
+    of test_sigkill_mid_replay_loses_nothing)."""
+    consumer = bare_consumer({})
+    consumer._read_offset = defaultdict(lambda: None)
+    consumer._thread = SeekingThread(revoked={TP("ev", 1)})
+    consumer._rewind(TP("ev", 0), recs(0, 0, 1, 2), "not active")
+    consumer._rewind(TP("ev", 2), recs(2, 40, 41), "flow stopped")
+    consumer._rewind(TP("ev", 1), recs(1, 7), "generation changed")  # revoked: no seek
+    assert consumer._thread.seeks == [(TP("ev", 0), 0), (TP("ev", 2), 40)]
+    assert consumer._read_offset[TP("ev", 2)] == 40
+    assert consumer._read_offset[TP("ev", 0)] is None  # Faust's seek() says 0 so
 
 
 # -- the patient fetch ---------------------------------------------------------------------
