@@ -76,7 +76,7 @@ class Side:
         self.total += self.clock() - t
         if keep:  # the items only (each answer has its own time and id), as a digest:
             # kept objects the GC tracks made its collections land on one side (a
-            # comparison of a commit with itself read 0.88-0.93; as digests, 0.99-1.01).
+            # comparison of a commit with itself read 0.86-0.93; as digests, 0.97-1.00).
             items = [orjson.loads(v)["items"] for _, v in result.recommendations]
             self.answers.append(hashlib.sha256(orjson.dumps(items)).digest())
 

@@ -232,6 +232,7 @@ class BatchConsumer(AIOKafkaConsumer):
                     await self.perform_seek()
                     continue
                 events: list[Record] = []
+                handed: list[tuple[TP, Sequence[Any]]] = []  # the intake's, per partition
                 for tp, records in fetched.items():
                     if not records:
                         continue
@@ -247,17 +248,15 @@ class BatchConsumer(AIOKafkaConsumer):
                             for r in records
                         )
                         self._read_offset[TP(topic, partition)] = records[-1].offset
+                        handed.append((TP(topic, partition), records))
                     else:
                         await self._deliver_one_by_one(TP(tp.topic, tp.partition), records)
                 if self.flow_active and self.app.consumer_generation_id == generation:
                     intake.put(events)
                 elif events:  # a rebalance began meanwhile
                     why = "flow stopped" if not self.flow_active else "generation changed"
-                    firsts: dict[int, list[Record]] = {}
-                    for r in events:
-                        firsts.setdefault(r.partition, []).append(r)
-                    for partition, records in firsts.items():
-                        self._rewind(TP(intake.topic, partition), records, why)
+                    for tp, records in handed:
+                        self._rewind(tp, records, why)
                 await self._maybe_commit()
                 await intake.wait_room()
         except self.consumer_stopped_errors:
@@ -274,21 +273,21 @@ class BatchConsumer(AIOKafkaConsumer):
         restarted worker whose first fetch came while its partitions were paused never
         read them (test_sigkill_mid_replay_loses_nothing failed so, now and then).
         Where Faust seeks afterwards, its committed offset wins."""
-        offsets = [r.offset for r in records]
+        first = records[0].offset
         try:
-            self._thread.seek(tp, offsets[0])
+            self._thread.seek(tp, first)
         except Exception as exc:  # revoked meanwhile: its next owner reads it
             log.info("%s[%d]: not rewound (%r)", tp.topic, tp.partition, exc)
             return
-        self._read_offset[tp] = offsets[0] if offsets[0] else None  # as Faust's seek()
+        self._read_offset[tp] = first if first else None  # as Faust's seek()
         log.info(
             "%s[%d]: %d fetched events not delivered (%s); reading again from %d (to %d)",
             tp.topic,
             tp.partition,
-            len(offsets),
+            len(records),
             why,
-            offsets[0],
-            offsets[-1],
+            first,
+            records[-1].offset,
         )
 
     async def _deliver_one_by_one(self, tp: TP, records: Sequence[Any]) -> None:
