@@ -17,11 +17,13 @@ from pathlib import Path
 
 from streamrec.bench import (
     BenchConfig,
-    OutputReader,
+    OutputLog,
     _percentiles,
     _proc_stats,
+    bench_producer,
     make_events,
     produce_paced,
+    with_append_time,
 )
 from streamrec.broker import EmbeddedBroker, create_topology_topics
 from streamrec.procs import start_worker, stop_process
@@ -37,11 +39,11 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="streamrec-paced-"))
     topo = load_topology(args.topology)
+    topo = with_append_time(topo)
     with EmbeddedBroker(data_dir=work / "broker") as broker:
         create_topology_topics(topo, broker.bootstrap)
         topo_file = topo.dump(work / "topology.yaml")
-        reader = OutputReader(broker.bootstrap, topo.recommendations.name)
-        reader.start()
+        log = OutputLog(broker.bootstrap, topo.recommendations.name)
         worker = start_worker(
             model=args.model,
             data_dir=work / "state",
@@ -51,35 +53,37 @@ def main() -> None:
         )
         try:
             warm, keys = make_events(BenchConfig(events=200), "warm-up")
-            produce_paced(broker.bootstrap, topo.events.name, warm, keys, 100)
-            if not reader.wait(len(warm), 120):
+            producer = bench_producer(broker.bootstrap)  # warm before the measured run
+            marks = log.ends()
+            produce_paced(broker.bootstrap, topo.events.name, warm, keys, 100, producer)
+            if not log.wait(marks, len(warm), 120):
                 raise SystemExit(f"the worker did not answer; see {work / 'worker.log'}")
             n = int(args.rate * args.seconds)
             values, keys = make_events(BenchConfig(events=max(n, 1)), "load")
-            before = len(reader.latencies)
+            marks = log.ends()
             cpu_w, cpu_b = _proc_stats(worker.pid)[0], _proc_stats(broker.proc.pid)[0]
             t0 = time.monotonic()
             if n:
-                produce_paced(broker.bootstrap, topo.events.name, values, keys, args.rate)
+                produce_paced(broker.bootstrap, topo.events.name, values, keys, args.rate, producer)
             else:
                 time.sleep(args.seconds)
             span = time.monotonic() - t0
             worker_cpu = 100 * (_proc_stats(worker.pid)[0] - cpu_w) / span
             broker_cpu = 100 * (_proc_stats(broker.proc.pid)[0] - cpu_b) / span
-            answered = reader.wait(len(warm) + n, 120) if n else True
-            lat = [v for _, v in reader.latencies[before:]]
             print(
                 f"offered {args.rate:,.0f} events/s for {span:.1f} s: "
                 f"worker CPU {worker_cpu:.1f} %, broker CPU {broker_cpu:.1f} %"
             )
             if n:
+                answered = log.wait(marks, n, 120)
+                lat = [v for _, v in log.read(marks, log.ends()) if v is not None]
                 print(
                     f"answered {len(lat):,} of {n:,}{'' if answered else ' (timed out)'}; "
-                    f"latency ms {_percentiles(lat)}"
+                    f"latency ms (to the {log.clock}) {_percentiles(lat)}"
                 )
         finally:
             stop_process(worker)
-            reader.stop.set()
+            log.close()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, Producer, TopicPartition
 
 from .baseline import CooccurrenceModel
 from .broker import BROKER_NAME, EmbeddedBroker, create_topology_topics
@@ -39,6 +38,16 @@ from .procs import free_port, start_worker, stop_process
 from .topology import Topology, load_topology
 
 SYSTEMS = ("raw", "faust", "worker")
+
+
+def read_ready(consumer: Consumer, wait_s: float = 0.05) -> list:
+    """The messages waiting, as soon as there is one (at most ``wait_s`` for the first).
+
+    ``consume(n, timeout)`` returns only when it has ``n`` messages or the timeout has
+    passed, so under a light load every message waited up to the timeout: the bench's
+    reader and raw loop added 0-50 ms (uniform) each to the latencies they measured."""
+    first = consumer.poll(wait_s)
+    return [] if first is None else [first, *consumer.consume(1000, 0)]
 
 
 # -- the two reference systems, run as child processes --------------------------------
@@ -53,13 +62,16 @@ def run_raw_loop(bootstrap: str, source: str, sink: str, group: str) -> None:
     producer = Producer(producer_config(bootstrap, **{"linger.ms": 1}))
     consumer.subscribe([source])
     while True:
-        msgs = consumer.consume(1000, 0.05)
-        for m in msgs:
+        for m in read_ready(consumer):
             if m.error():
                 continue
             doc = orjson.loads(m.value())
             out = orjson.dumps(
-                {"event_id": doc.get("event_id"), "timings": {"source_ts": m.timestamp()[1]}}
+                {
+                    "event_id": doc.get("event_id"),
+                    "produced_at": int(time.time() * 1000),
+                    "timings": {"source_ts": m.timestamp()[1]},
+                }
             )
             while True:
                 try:
@@ -103,6 +115,7 @@ def run_faust_passthrough(
                 out = orjson.dumps(
                     {
                         "event_id": doc.get("event_id"),
+                        "produced_at": int(time.time() * 1000),
                         "timings": {"source_ts": int(ev.message.timestamp * 1000)},
                     }
                 )
@@ -127,63 +140,94 @@ def _proc_stats(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-class OutputReader(threading.Thread):
-    """Reads the output topic: arrival times and event->output latencies."""
+def with_append_time(topo: Topology) -> Topology:
+    """``topo`` with outputs stamped by the broker when it appends them (see OutputLog)."""
+    out = topo.recommendations
+    out = replace(out, config={**out.config, "message.timestamp.type": "LogAppendTime"})
+    return replace(topo, topics={**topo.topics, "recommendations": out})
+
+
+class OutputLog:
+    """A system's output topic, read after each measured run, from offsets noted before.
+
+    The bench creates it with ``message.timestamp.type=LogAppendTime``: each output's
+    Kafka timestamp is when the broker appended it (when a subscriber could first read
+    it), so latency is that minus the event's own timestamp, taken when the load
+    generator handed it to its producer — and nothing reads while a system is measured.
+    A live reader's librdkafka fetches spin against noida-db (it answers empty fetches
+    at once): with it, the load generator's process took ~60 % of a core at 1,200-2,400
+    events/s on the 2-core dev machine, without it ~11 % — CPU the measured system
+    lacked. On a topic that keeps create times (an existing one,
+    on a broker that ignores the setting) latency ends when the system created the
+    output; ``clock`` says which."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(daemon=True)
+        self.topic = topic
         self.consumer = Consumer(
             consumer_config(
                 bootstrap,
-                **{
-                    "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-                    "auto.offset.reset": "earliest",
-                    "enable.auto.commit": False,
-                    "fetch.wait.max.ms": 10,
-                },
+                **{"group.id": f"bench-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False},
             )
         )
-        self.topic = topic
-        self.consumer.subscribe([topic])
-        self.arrivals: list[float] = []  # output message timestamps, s
-        self.latencies: list[tuple[float, float]] = []  # (receive time, latency ms)
-        self.stop = threading.Event()
-        # Until set, nothing is fetched: against noida-db, which answers empty fetches at
-        # once, librdkafka's fetcher spins (~50 % of a core on the 2-core dev machine),
-        # CPU the measured system then lacks. The max-rate run reads its outputs after
-        # the fact (its rate comes from their Kafka timestamps); latency runs read live.
-        self.live = threading.Event()
-        self._partitions: list[int] = []
+        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        self.partitions = sorted(meta.partitions)
+        self.clock = "broker append time"
 
-    def produced(self) -> int:
-        """Messages on the output topic so far (its end offsets; it starts empty)."""
-        if not self._partitions:
-            meta = self.consumer.list_topics(self.topic, timeout=5).topics[self.topic]
-            self._partitions = sorted(meta.partitions)
-        return sum(
-            self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
-            for p in self._partitions
-        )
+    def ends(self) -> dict[int, int]:
+        """Each partition's end offset now."""
+        return {
+            p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
+            for p in self.partitions
+        }
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            if not self.live.wait(0.05):
-                continue
-            for m in self.consumer.consume(1000, 0.05):
-                if m.error():
-                    continue
-                now = time.time() * 1000
-                self.arrivals.append(m.timestamp()[1] / 1000)
-                src = orjson.loads(m.value()).get("timings", {}).get("source_ts")
-                if src:
-                    self.latencies.append((now, now - src))
+    def written_since(self, marks: dict[int, int]) -> int:
+        return sum(end - marks[p] for p, end in self.ends().items())
+
+    def wait(self, marks: dict[int, int], n: int, timeout: float) -> bool:
+        """Wait until ``n`` outputs were written after ``marks`` (end offsets only)."""
+        deadline = time.monotonic() + timeout
+        while self.written_since(marks) < n:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def read(
+        self, marks: dict[int, int], ends: dict[int, int], timeout: float = 120
+    ) -> list[tuple[float, float | None]]:
+        """(made, latency) in ms of every output from ``marks`` to ``ends``: when the system
+        made it (its ``produced_at``: a rate is timed by these, not by append times, which
+        a producer's start-up bunches) and the event->output latency (or None)."""
+        todo = {p: ends[p] for p in self.partitions if ends[p] > marks[p]}
+        self.consumer.assign([TopicPartition(self.topic, p, marks[p]) for p in todo])
+        rows: list[tuple[float, float | None]] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while todo and time.monotonic() < deadline:
+                for m in read_ready(self.consumer, 0.5):
+                    p = m.partition()
+                    if m.error() or p not in todo or m.offset() >= todo[p]:
+                        continue
+                    if m.offset() == todo[p] - 1:
+                        del todo[p]
+                    kind, ts = m.timestamp()
+                    if kind != TIMESTAMP_LOG_APPEND_TIME:
+                        self.clock = "output create time"
+                    doc = orjson.loads(m.value())
+                    src = doc.get("timings", {}).get("source_ts")
+                    rows.append((doc.get("produced_at", ts), ts - src if src else None))
+        finally:
+            self.consumer.unassign()  # no fetching (spinning) between runs
+        if todo:
+            raise RuntimeError(f"{self.topic}: outputs up to {todo} not read in {timeout:.0f} s")
+        return rows
+
+    def close(self) -> None:
         self.consumer.close()
 
-    def wait(self, n: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while len(self.arrivals) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return len(self.arrivals) >= n
+
+def bench_producer(bootstrap: str, **config: Any) -> Producer:
+    return Producer(producer_config(bootstrap, **{"linger.ms": 2, **config}))
 
 
 def produce_paced(
@@ -192,48 +236,58 @@ def produce_paced(
     values: list[bytes],
     keys: list[bytes | None],
     rate: float | None = None,
+    producer: Producer | None = None,
     **config: Any,
 ) -> None:
     """Send ``values`` keyed by ``keys``, at ``rate`` messages/s (None: as fast as the
-    producer takes them), and wait until the broker has them all."""
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 2, **config}))
+    producer takes them), and wait until the broker has them all.
+
+    Pass a ``producer`` that has sent before when latency is measured: a new idempotent
+    producer holds its first messages ~0.5 s while it gets its producer id (measured on
+    noida-db), and their timestamps are taken when they are handed to it."""
+    if producer is None:
+        producer = bench_producer(bootstrap, **config)
     start = time.perf_counter()
-    for n, (value, key) in enumerate(zip(values, keys, strict=True)):
-        if rate:
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.01)
+    sent, total = 0, len(values)
+    while sent < total:
+        # Everything due now, then sleep at least 1 ms: a sleep per message costs the
+        # load generator CPU that the measured system then lacks (timestamps are taken
+        # at produce(), so a message sent late does not flatter the latency).
+        due = total if not rate else min(total, int((time.perf_counter() - start) * rate) + 1)
+        if due <= sent:
+            time.sleep(max(0.001, start + sent / rate - time.perf_counter()))
+            continue
+        for n in range(sent, due):
+            while True:
+                try:
+                    producer.produce(topic, values[n], keys[n])
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        sent = due
         producer.poll(0)
     producer.flush(60)
 
 
-def _wait_outputs(reader: OutputReader, n: int, procs: list, timeout: float) -> float | None:
-    """Wait until ``n`` outputs are on the topic, then read them; the CPU share of
-    ``procs`` while they were written (from the last poll that found none to the one that
-    found all: start-up left out), or None on timeout."""
+def _wait_outputs(
+    log: OutputLog, marks: dict[int, int], n: int, procs: list, timeout: float
+) -> float | None:
+    """Wait until ``n`` outputs were written after ``marks``; the CPU share of ``procs``
+    while they were written (from the last poll that found none to the one that found
+    all: start-up left out), or None on timeout."""
     deadline = time.monotonic() + timeout
 
     def sample() -> tuple[float, float]:
         return time.monotonic(), sum(_proc_stats(p.pid)[0] for p in procs)
 
     first = sample()  # kept up to date until something is written
-    while (produced := reader.produced()) < n:
+    while (written := log.written_since(marks)) < n:
         if time.monotonic() > deadline:
-            reader.live.set()
             return None
-        if not produced:
+        if not written:
             first = sample()
         time.sleep(0.02)
     last = sample()
-    reader.live.set()
-    if not reader.wait(n, max(30.0, deadline - time.monotonic())):
-        return None
     return (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else 0.0
 
 
@@ -267,6 +321,7 @@ class SystemResult:
     cpu_percent: float = 0.0
     rss_mb: float = 0.0
     stages_ms: dict[str, float] = field(default_factory=dict)
+    latency_to: str = ""  # what ends a latency: OutputLog.clock
 
 
 def make_events(cfg: BenchConfig, tag: str) -> tuple[list[bytes], list[bytes]]:
@@ -335,12 +390,14 @@ def bench_system(
     assert cfg.topology is not None
     result = SystemResult()
     topo = cfg.topology.namespaced(f"bench{system}{uuid.uuid4().hex[:6]}")
+    topo = with_append_time(topo)
     topo_file = topo.dump(cfg.workdir / f"{topo.app_id}.yaml")
     create_topology_topics(topo, bootstrap)
     values, keys = make_events(cfg, f"{system}-max")
-    produce_paced(bootstrap, topo.events.name, values, keys)  # the backlog
-    reader = OutputReader(bootstrap, topo.recommendations.name)
-    reader.start()
+    producer = bench_producer(bootstrap)  # one for the run: warm for the latency steps
+    produce_paced(bootstrap, topo.events.name, values, keys, producer=producer)  # backlog
+    log = OutputLog(bootstrap, topo.recommendations.name)
+    marks = log.ends()
     count = cfg.workers if system == "worker" else 1
     ports = [free_port() for _ in range(count)]
     procs = [
@@ -358,13 +415,14 @@ def bench_system(
         for n, port in enumerate(ports)
     ]
     try:
-        cpu_share = _wait_outputs(reader, len(values), procs, 300)
+        cpu_share = _wait_outputs(log, marks, len(values), procs, 300)
         if cpu_share is None:
             raise RuntimeError(
-                f"{system}: {reader.produced()}/{len(values)} outputs written, "
-                f"{len(reader.arrivals)} read; see {cfg.workdir / (system + '.log')}"
+                f"{system}: {log.written_since(marks)}/{len(values)} outputs written; "
+                f"see {cfg.workdir / (system + '.log')}"
             )
-        span = max(reader.arrivals) - min(reader.arrivals)
+        made = [ts for ts, _ in log.read(marks, log.ends())]
+        span = (max(made) - min(made)) / 1000
         result.max_rate = round(len(values) / span, 1) if span > 0 else float("inf")
         stats = [_proc_stats(p.pid) for p in procs]
         rss = sum(r for _, r in stats)
@@ -381,11 +439,11 @@ def bench_system(
             vals, ks = make_events(
                 BenchConfig(events=n, users=cfg.users, items=cfg.items), f"{system}-{frac}"
             )
-            before = len(reader.latencies)
-            t_start = time.time() * 1000
-            produce_paced(bootstrap, topo.events.name, vals, ks, rate)
-            reader.wait(len(values) + sum(x["events"] for x in result.loads) + n, 120)
-            lat = [v for t, v in reader.latencies[before:] if t >= t_start]
+            marks = log.ends()
+            produce_paced(bootstrap, topo.events.name, vals, ks, rate, producer)
+            if not log.wait(marks, n, 120):
+                raise RuntimeError(f"{system} at {rate:,.0f}/s: not all {n} events answered")
+            lat = [v for _, v in log.read(marks, log.ends()) if v is not None]
             result.loads.append(
                 {
                     "fraction": frac,
@@ -398,10 +456,11 @@ def bench_system(
                 f"  {system} at {rate:,.0f}/s: p50 {result.loads[-1]['p50']} ms, "
                 f"p99 {result.loads[-1]['p99']} ms, p99.9 {result.loads[-1]['p99.9']} ms"
             )
+        result.latency_to = log.clock
         if system == "worker":
             result.stages_ms = _stage_times(ports)
     finally:
-        reader.stop.set()
+        log.close()
         for p in procs:
             stop_process(p)
     return result

@@ -4,11 +4,17 @@ benchmark prints them; the machine is shared)."""
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
-from streamrec.bench import BenchConfig, run_bench
+from streamrec.bench import BenchConfig, produce_paced, read_ready, run_bench
+from streamrec.broker import create_topics
+from streamrec.config import consumer_config
+from streamrec.topology import TopicSpec
 
 pytestmark = pytest.mark.broker
 
@@ -31,8 +37,28 @@ def test_bench_smoke(broker: str, tmp_path: Path) -> None:
         assert r["max_rate"] > 0, name
         assert [x["fraction"] for x in r["loads"]] == [0.25, 0.5, 0.75]
         assert all(x["p50"] > 0 for x in r["loads"]), name
+        # Latency ends when the broker appended the output (the topic's LogAppendTime).
+        assert r["latency_to"] == "broker append time", name
     worker = saved["systems"]["worker"]
     assert set(worker["stages_ms"]) == {"process", "state_write", "publish"}
     assert worker["rss_mb"] > 0 and "worker/raw" in result
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert any(line.startswith("worker: max") for line in lines)
+
+
+def test_read_ready_returns_with_the_first_message(broker: str) -> None:
+    """The bench's reads return what has arrived, not after their timeout: ``consume(n,
+    timeout)`` waited for n messages or the timeout, adding up to it to every latency."""
+    topic = f"bench-ready-{uuid.uuid4().hex[:8]}"
+    create_topics([TopicSpec(topic, 1)], broker)
+    produce_paced(broker, topic, [b"a", b"b", b"c"], [b"k"] * 3)
+    consumer = Consumer(consumer_config(broker, **{"group.id": topic}))
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    try:
+        started, got = time.monotonic(), []
+        while len(got) < 3 and time.monotonic() - started < 60:
+            got += [m.value() for m in read_ready(consumer, wait_s=60) if not m.error()]
+        assert got == [b"a", b"b", b"c"]
+        assert time.monotonic() - started < 30  # consume(1000, 60) took the full 60 s
+    finally:
+        consumer.close()
