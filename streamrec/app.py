@@ -246,8 +246,10 @@ def create_app(settings: WorkerSettings) -> faust.App:
     @app.task
     @essential(app)
     async def batch_events() -> None:
-        """Cuts the intake into batches: ``batch_size`` events or ``linger_ms``."""
+        """Cuts the intake into batches when the agent is free: what came meanwhile, at
+        most ``batch_size`` events, waiting at most ``linger_ms`` for more."""
         while True:
+            await intake.wait_for_agent()
             batch = await intake.take(spec.batch_size, spec.linger_ms / 1000)
             if not batch:
                 continue
@@ -259,13 +261,16 @@ def create_app(settings: WorkerSettings) -> faust.App:
                     log.info("holding a batch of %d until the agent subscribes", len(batch))
                 waited += 1
                 await asyncio.sleep(0.01)
+            intake.handed()
             await batches.send(value=batch)
 
     @app.agent(batches, concurrency=1)
     async def recommend(stream: faust.StreamT) -> None:
         """The agent: one batch at a time, in order per partition, answered once."""
         serving = models.ranker
-        async for batch in stream:
+
+        async def one(batch: list[Record]) -> None:
+            nonlocal serving
             intake.begin()  # a rebalance now waits for this batch (intake.py)
             admitted = guard.admit(batch)
             if TRACE_OFFSETS:
@@ -275,7 +280,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
             records = admitted.records
             if not records:
                 intake.done()
-                continue
+                return
             # A new model version takes over between batches: none lost, none
             # answered twice.
             ranker = models.poll()
@@ -290,6 +295,12 @@ def create_app(settings: WorkerSettings) -> faust.App:
             # be read again from the committed offsets.
             if not await retry_until_done(partial(answer, records, ranker), records, owned):
                 intake.done()
+
+        async for batch in stream:
+            try:
+                await one(batch)
+            finally:
+                intake.agent_free()  # processed (its delivery may be pending): cut the next
 
     return app
 

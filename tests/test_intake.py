@@ -125,6 +125,46 @@ def test_a_rebalance_waits_for_batches_begun_and_clear_drops_the_buffer() -> Non
     assert asyncio.run(run()) == (True, False, True, 2, 0)
 
 
+def test_the_next_batch_is_cut_only_when_the_agent_is_free() -> None:
+    """Natural batching: events fetched while the agent works go into one next batch
+    (cut ahead of the agent, they were split into small batches queued behind it)."""
+
+    async def run() -> tuple[list[int], list[int], bool]:
+        intake = Intake("ev", capacity=100)
+        intake.put(recs(0, 1))
+        await intake.wait_for_agent()
+        first = await intake.take(500, within=0)
+        intake.handed()
+        cutter = asyncio.create_task(intake.wait_for_agent())
+        for offset in (2, 3, 4):  # fetched while the agent processes the first batch
+            intake.put(recs(0, offset))
+            await asyncio.sleep(0.01)
+        waited = not cutter.done()
+        intake.agent_free()
+        await cutter
+        second = await intake.take(500, within=0)
+        return [r.offset for r in first], [r.offset for r in second], waited
+
+    assert asyncio.run(run()) == ([1], [2, 3, 4], True)
+
+
+def test_a_rebalance_clearing_the_handed_batch_frees_the_cutter() -> None:
+    """Faust clears a batch still queued for the agent on a rebalance; the agent never
+    finishes it, so clearing the intake must let the next batch be cut."""
+
+    async def run() -> bool:
+        intake = Intake("ev", capacity=100)
+        intake.handed()
+        cutter = asyncio.create_task(intake.wait_for_agent())
+        await asyncio.sleep(0.01)
+        blocked = not cutter.done()
+        intake.clear()
+        await asyncio.wait_for(cutter, 1.0)
+        return blocked
+
+    assert asyncio.run(run()) is True
+
+
 # -- acking into Faust's commit book-keeping ----------------------------------------------
 def bare_consumer(committed: dict[TP, int | None]) -> BatchConsumer:
     """Only the book-keeping attributes ``ack_records`` uses (Faust's Consumer.__init__)."""

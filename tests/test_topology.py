@@ -19,7 +19,7 @@ def test_packaged_default_is_the_repo_file() -> None:
     assert packaged.events.partitions == packaged.sessions_changelog.partitions
     assert packaged.sessions_changelog.name == "streamrec-sessions-changelog"
     assert packaged.sessions_changelog.config == {"cleanup.policy": "compact"}
-    assert packaged.worker.batch_size > 0 and packaged.worker.linger_ms > 0
+    assert packaged.worker.batch_size > 0 and packaged.worker.linger_ms >= 0
 
 
 def doc(**change):
