@@ -1,8 +1,9 @@
 """The Faust app: thin glue from the events topic to :func:`pipeline.process_batch`.
 
 Events arrive through the batch intake (intake.py: Faust's consumer hands over whole
-fetches), are cut into batches (``batch_size`` events or ``linger_ms``, whichever
-first) and reach the agent as one channel event per batch. Per batch: records ->
+fetches), are cut into a batch when the agent is free (what came meanwhile, at most
+``batch_size`` events, ``linger_ms`` more to fill it) and reach the agent as one
+channel event per batch. Per batch: records ->
 process_batch -> session-table writes (one RocksDB WriteBatch per partition, sink.py)
 -> changelog, recommendations, dead letters sent as record batches per partition ->
 once Kafka has all of it (delivery.py, in order, while the agent goes on with the next

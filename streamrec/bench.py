@@ -106,9 +106,15 @@ def run_faust_passthrough(
     }
     src = app.topic(source, **raw)
 
+    # Faust's take() flushes a part-filled buffer only after ``within`` (with 0 it waits
+    # for a full batch: a load step's last events were never answered), and it has no
+    # natural batching: for the worker's linger_ms 0 it gets 20 ms, its best measured
+    # (max 3,475-4,164 events/s against 2,388-3,043 with 1 ms, 2-core dev machine).
+    within = (linger_ms or 20) / 1000
+
     @app.agent(src)
     async def passthrough(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=linger_ms / 1000):
+        async for events in stream.take_events(batch, within=within):
             pending = []
             for ev in events:
                 doc = orjson.loads(ev.message.value)

@@ -6,10 +6,11 @@ and the flow switch), builds a ``Message``, the conductor takes a lock and decod
 into an ``Event``, the stream queues it and runs the take buffer's processor — ~16 % of
 the worker's event loop, for work a batch needs once. The worker reads the events topic
 through :class:`BatchConsumer` instead: its fetch loop hands each fetched record batch of
-that topic to an :class:`Intake` as :class:`~streamrec.pipeline.Record`s; they are cut
-into batches of ``batch_size`` (or what came within ``linger_ms``), each batch is one
-event on a Faust channel that the agent consumes, and once a batch is answered and
-delivered its offsets are acked into Faust's commit book-keeping in one call.
+that topic to an :class:`Intake` as :class:`~streamrec.pipeline.Record`s; when the
+agent is free they are cut into a batch (what came meanwhile, at most ``batch_size``,
+waiting ``linger_ms`` for more), each batch is one event on a Faust channel that the
+agent consumes, and once a batch is answered and delivered its offsets are acked into
+Faust's commit book-keeping in one call.
 
 Everything else stays Faust's: group membership and rebalancing, the sessions table
 (RocksDB, changelog, recovery, standbys), offset commits, the producer. Records of other

@@ -30,7 +30,7 @@ class TopicSpec:
 @dataclass(frozen=True)
 class WorkerSpec:
     batch_size: int = 500
-    linger_ms: int = 0  # natural batching: measured best for latency and rate (README)
+    linger_ms: int = 5  # after the agent is free (natural batching); README "Batching"
     in_flight: int = 4  # batches sent and not yet acknowledged by Kafka (delivery.py)
     top_k: int = 10
     session_length: int = 50

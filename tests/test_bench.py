@@ -27,12 +27,12 @@ def test_bench_smoke(broker: str, tmp_path: Path) -> None:
         load_seconds=1.0,
         workdir=tmp_path,
         bootstrap=broker,
-        systems=("raw", "worker"),
+        systems=("raw", "faust", "worker"),  # all three: (b) once hung with linger_ms 0
     )
     lines: list[str] = []
     result = run_bench(cfg, progress=lines.append)
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["systems"].keys() == {"worker", "raw"}
+    assert saved["systems"].keys() == {"worker", "raw", "faust"}
     for name, r in saved["systems"].items():
         assert r["max_rate"] > 0, name
         assert [x["fraction"] for x in r["loads"]] == [0.25, 0.5, 0.75]
