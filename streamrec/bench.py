@@ -40,6 +40,10 @@ from .topology import Topology, load_topology
 SYSTEMS = ("raw", "faust", "worker")
 
 
+class BenchError(RuntimeError):
+    """A measured system did not answer: the message says which and where its log is."""
+
+
 def read_ready(consumer: Consumer, wait_s: float = 0.05) -> list:
     """The messages waiting, as soon as there is one (at most ``wait_s`` for the first).
 
@@ -225,7 +229,7 @@ class OutputLog:
         finally:
             self.consumer.unassign()  # no fetching (spinning) between runs
         if todo:
-            raise RuntimeError(f"{self.topic}: outputs up to {todo} not read in {timeout:.0f} s")
+            raise BenchError(f"{self.topic}: outputs up to {todo} not read in {timeout:.0f} s")
         return rows
 
     def close(self) -> None:
@@ -423,7 +427,7 @@ def bench_system(
     try:
         cpu_share = _wait_outputs(log, marks, len(values), procs, 300)
         if cpu_share is None:
-            raise RuntimeError(
+            raise BenchError(
                 f"{system}: {log.written_since(marks)}/{len(values)} outputs written; "
                 f"see {cfg.workdir / (system + '.log')}"
             )
@@ -448,7 +452,10 @@ def bench_system(
             marks = log.ends()
             produce_paced(bootstrap, topo.events.name, vals, ks, rate, producer)
             if not log.wait(marks, n, 120):
-                raise RuntimeError(f"{system} at {rate:,.0f}/s: not all {n} events answered")
+                raise BenchError(
+                    f"{system} at {rate:,.0f}/s: {log.written_since(marks)} of {n} events "
+                    f"answered in 120 s; see {cfg.workdir / (system + '.log')}"
+                )
             lat = [v for _, v in log.read(marks, log.ends()) if v is not None]
             result.loads.append(
                 {

@@ -563,7 +563,7 @@ def bench(
     topology: TopologyOpt = None,
 ) -> None:
     """Throughput and latency: raw Kafka loop vs bare Faust vs the full worker."""
-    from .bench import BenchConfig, run_bench
+    from .bench import BenchConfig, BenchError, run_bench
 
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
     topo = _topology(topology)  # the worker's batching knobs come from here
@@ -582,7 +582,7 @@ def bench(
     )
     try:
         result = run_bench(cfg, progress=lambda line: console.print(line))
-    except ValueError as exc:
+    except (ValueError, BenchError) as exc:
         raise _fail(str(exc)) from None
     print(json.dumps({k: v for k, v in result.items() if k != "systems"}, indent=2))
     console.print(f"wrote {workdir / 'bench.json'} and {workdir / 'bench.png'}")

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from typer.testing import CliRunner
 
-from streamrec.bench import BenchConfig, produce_paced, read_ready, run_bench
+from streamrec.bench import BenchConfig, BenchError, produce_paced, read_ready, run_bench
 from streamrec.broker import create_topics
+from streamrec.cli import app
 from streamrec.config import consumer_config
 from streamrec.topology import TopicSpec
 
@@ -62,3 +64,16 @@ def test_read_ready_returns_with_the_first_message(broker: str) -> None:
         assert time.monotonic() - started < 30  # consume(1000, 60) took the full 60 s
     finally:
         consumer.close()
+
+
+def test_a_system_that_does_not_answer_is_a_clear_error_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def silent(cfg: BenchConfig, progress: object = None) -> dict:
+        raise BenchError("faust at 1,180/s: 5,400 of 5,900 events answered in 120 s; see x")
+
+    monkeypatch.setattr("streamrec.bench.run_bench", silent)
+    result = CliRunner().invoke(app, ["bench", "--systems", "faust"])
+    assert result.exit_code == 1
+    assert "error: faust at 1,180/s: 5,400 of 5,900 events answered" in result.output
+    assert "Traceback" not in result.output
