@@ -55,6 +55,18 @@ def read_ready(consumer: Consumer, wait_s: float = 0.05) -> list:
 
 
 # -- the two reference systems, run as child processes --------------------------------
+def echo(value: bytes, source_ts: int) -> bytes:
+    """A reference system's output for an event: decoded, and just enough to time it
+    like the worker's answers (``produced_at``, ``timings.source_ts``)."""
+    return orjson.dumps(
+        {
+            "event_id": orjson.loads(value).get("event_id"),
+            "produced_at": int(time.time() * 1000),
+            "timings": {"source_ts": source_ts},
+        }
+    )
+
+
 def run_raw_loop(bootstrap: str, source: str, sink: str, group: str) -> None:
     """(a) consume -> decode -> produce with confluent-kafka, batched both ways."""
     consumer = Consumer(
@@ -69,14 +81,7 @@ def run_raw_loop(bootstrap: str, source: str, sink: str, group: str) -> None:
         for m in read_ready(consumer):
             if m.error():
                 continue
-            doc = orjson.loads(m.value())
-            out = orjson.dumps(
-                {
-                    "event_id": doc.get("event_id"),
-                    "produced_at": int(time.time() * 1000),
-                    "timings": {"source_ts": m.timestamp()[1]},
-                }
-            )
+            out = echo(m.value(), m.timestamp()[1])
             while True:
                 try:
                     producer.produce(sink, out, m.key())
@@ -121,14 +126,7 @@ def run_faust_passthrough(
         async for events in stream.take_events(batch, within=within):
             pending = []
             for ev in events:
-                doc = orjson.loads(ev.message.value)
-                out = orjson.dumps(
-                    {
-                        "event_id": doc.get("event_id"),
-                        "produced_at": int(time.time() * 1000),
-                        "timings": {"source_ts": int(ev.message.timestamp * 1000)},
-                    }
-                )
+                out = echo(ev.message.value, int(ev.message.timestamp * 1000))
                 pending.append(await app.producer.send(sink, ev.message.key, out, None, None, None))
             await asyncio.gather(*pending)
 
@@ -167,9 +165,9 @@ class OutputLog:
     A live reader's librdkafka fetches spin against noida-db (it answers empty fetches
     at once): with it, the load generator's process took ~60 % of a core at 1,200-2,400
     events/s on the 2-core dev machine, without it ~11 % — CPU the measured system
-    lacked. On a topic that keeps create times (an existing one,
-    on a broker that ignores the setting) latency ends when the system created the
-    output; ``clock`` says which."""
+    lacked. On a topic that keeps create times (an existing one, on a broker that
+    ignores the setting) latency ends when the system created the output; ``clock``
+    says which."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
