@@ -75,7 +75,7 @@ class GraphJoin:
         candidates their reasons."""
         idx, s = self.index, self.s
         self._check_generation()  # once per event: the caches below are per generation
-        history = [(e[0], e[1]) for e in state.entries if e[0] is not None]
+        history = state.history()
         recent = history[-s.recent :]
         bought = {i for i, t in history if t == "purchase"}
         blocked = bought | idx.unavailable

@@ -99,7 +99,7 @@ class CooccurrenceRanker(CandidateRanker):
         self.titles = model.titles
 
     def rank_states(self, states: Sequence[SessionState]) -> Candidates:
-        histories = [[(e[0], e[1]) for e in s.entries if e[0] is not None] for s in states]
+        histories = [s.history() for s in states]
         return self.model.ranked_batch(histories, k=self.top_k)  # excludes the history
 
     def rank_one(self, state: SessionState) -> list[dict[str, Any]]:
@@ -209,7 +209,7 @@ class SequentialRanker(CandidateRanker):
         pending = [r for r in chosen if r.reasons is None]
         if not pending:
             return
-        recent = [(e[0], e[1]) for e in state.entries if e[0] is not None][-5:]
+        recent = state.history()[-5:]
         titles, fb = self.titles, self.fallback.model
         sequence: list[str] = []
         if recent:  # the same first reason for every item: format it once

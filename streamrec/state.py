@@ -35,14 +35,25 @@ class SessionState:
     h: str | None = None
     hv: str | None = None
     hn: int = 0
+    # history(), kept in step by apply(): the ranker and the join each read it per
+    # event, and rebuilding it from the entries each time was ~7 % of the worker's GIL
+    # time (py-spy). Not stored; built on first use after loading.
+    _history: list[tuple[str, str]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def items(self) -> list[str]:
         """Item ids in the window, oldest first (searches excluded)."""
-        return [e[0] for e in self.entries if e[0] is not None]
+        return [item for item, _ in self.history()]
+
+    def history(self) -> list[tuple[str, str]]:
+        """(item id, event type) of the window's item events, oldest first. Shared:
+        treat as read-only."""
+        if self._history is None:
+            self._history = [(e[0], e[1]) for e in self.entries if e[0] is not None]
+        return self._history
 
     def seen(self) -> set[str]:
-        return {e[0] for e in self.entries if e[0] is not None}
+        return {item for item, _ in self.history()}
 
     def already_applied(self, event: Event, partition: int, offset: int) -> bool:
         if partition == self.partition and offset <= self.offset:
@@ -54,8 +65,14 @@ class SessionState:
         if self.already_applied(event, partition, offset):
             return False
         self.entries.append([event.item_id, event.event_type, event.timestamp, event.event_id])
-        if len(self.entries) > max_len:
-            del self.entries[: len(self.entries) - max_len]
+        history = self._history
+        if history is not None and event.item_id is not None:
+            history.append((event.item_id, event.event_type))
+        excess = len(self.entries) - max_len
+        if excess > 0:
+            if history is not None:
+                del history[: sum(1 for e in self.entries[:excess] if e[0] is not None)]
+            del self.entries[:excess]
         self.n_events += 1
         self.partition = partition
         self.offset = offset
@@ -92,6 +109,7 @@ class SessionState:
             self.h,
             self.hv,
             self.hn,
+            list(self.history()),
         )
 
     def content(self) -> dict:

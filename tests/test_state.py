@@ -44,6 +44,28 @@ def test_roundtrip_and_seen() -> None:
     assert SessionState.from_bytes(None) == SessionState()
 
 
+def test_history_kept_in_step_with_the_window() -> None:
+    """history() is kept up to date by apply (not rebuilt): it must always equal the
+    window's item events, through searches, redeliveries, trimming and snapshots."""
+    s = SessionState()
+    snaps = []
+    for n in range(40):
+        if n % 3 == 1:
+            s.apply(Event(f"e{n}", "u1", None, "search", n, None, {"query": "q"}), 0, n, 7)
+        else:
+            s.apply(ev(n, etype="purchase" if n % 5 == 0 else "view"), 0, n, 7)
+        s.apply(ev(n - 1), 0, n - 1, 7)  # a redelivery changes nothing
+        if n == 2:
+            s = SessionState.from_bytes(s.to_bytes())  # reloaded: no history kept yet
+        if n % 4 == 0:
+            snaps.append((s.snapshot(), [(e[0], e[1]) for e in s.entries if e[0] is not None]))
+        rebuilt = [(e[0], e[1]) for e in s.entries if e[0] is not None]
+        assert s.history() == rebuilt and s.items == [i for i, _ in rebuilt]
+    assert s.history()[-1] == ("i39", "view") and len(s.entries) == 7
+    for snap, then in snaps:  # later applies did not change a snapshot's history
+        assert snap.history() == then
+
+
 def test_read_table_files_reads_faust_layout(tmp_path: Path) -> None:
     """Faust keeps <data_dir>/v1/tables/<table>-<partition>.db plus an offset key."""
     s = SessionState()
