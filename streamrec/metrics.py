@@ -39,7 +39,7 @@ STAGE_SECONDS = Histogram(
     "Worker time per batch and stage",
     ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)  # process (decode, state, rank, join) | state_write | publish
+)  # process (= decode + state + model + graph + encode) | state_write | publish
 END_TO_END_SECONDS = Histogram(
     "streamrec_event_to_recommendation_seconds",
     "From the event's Kafka timestamp to its recommendation being acknowledged",
@@ -125,6 +125,8 @@ def record_batch(
     RECOMMENDATIONS.inc(result.answered)
     BATCH_SIZE.observe(len(records))
     STAGE_SECONDS.labels("process").observe(process_s)
+    for stage, seconds in result.stages.items():
+        STAGE_SECONDS.labels(stage).observe(seconds)
     STAGE_SECONDS.labels("state_write").observe(state_s)
     STAGE_SECONDS.labels("publish").observe(publish_s)
     for rec in records:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .events import Event, Rejected, decode_event, encode_dead_letter, encode_recommendation
-from .ranking import Ranker, RankRequest
+from .ranking import Ranker, RankRequest, RankResult
 from .state import SessionState
 from .topology import WorkerSpec
 
@@ -43,6 +43,9 @@ class BatchResult:
     valid: int = 0
     invalid: int = 0
     redelivered: int = 0
+    # Seconds this batch spent per stage: decode (+ validate), state (read, apply, encode
+    # the session states), model, graph (the join), encode (the recommendations).
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def answered(self) -> int:
@@ -75,12 +78,15 @@ def process_batch(
     now_ms: int | None = None,
 ) -> BatchResult:
     """Decode, validate, update state, rank once, encode. Never raises for bad input."""
-    started = time.perf_counter()
+    clock = time.perf_counter
+    started = clock()
     result = BatchResult()
     states: dict[str, SessionState] = {}
     answered: list[tuple[Record, Event]] = []
     requests: list[RankRequest] = []
+    decode_s = 0.0  # the rest of this loop is state work
     for rec in records:
+        t = clock()
         try:
             event = decode_event(
                 rec.value,
@@ -91,6 +97,8 @@ def process_batch(
         except Rejected as err:
             _dead_letter(result, rec, err, spec)
             continue
+        finally:
+            decode_s += clock() - t
         user_key = event.user_id.encode()
         if rec.key != user_key:
             result.rekeyed.append((user_key, rec.value))  # type: ignore[arg-type]
@@ -109,7 +117,9 @@ def process_batch(
         requests.append(RankRequest(event.user_id, state.snapshot()))
         answered.append((rec, event))
 
-    ranked, model_states = _rank_isolating_failures(ranker, requests)
+    ranking_started = clock()
+    ranked, model_states, rank_stages = _rank_isolating_failures(ranker, requests)
+    ranked_at = clock()
     last_rec = {event.user_id: rec for rec, event in answered}
     for user, (h, hv, hn) in model_states.items():
         state = states[user]
@@ -117,7 +127,8 @@ def process_batch(
         result.state_writes.setdefault(user, (b"", last_rec[user]))
     for user, (_, rec) in result.state_writes.items():
         result.state_writes[user] = (states[user].to_bytes(), rec)
-    batch_ms = round((time.perf_counter() - started) * 1000, 3)
+    encode_started = clock()
+    batch_ms = round((encode_started - started) * 1000, 3)
     for (rec, event), items in zip(answered, ranked, strict=True):
         if isinstance(items, Rejected):
             _dead_letter(result, rec, items, spec)
@@ -136,15 +147,25 @@ def process_batch(
                 ),
             )
         )
+    result.stages = {
+        "decode": decode_s,
+        "state": ranking_started - started - decode_s + encode_started - ranked_at,
+        **rank_stages,
+        "encode": clock() - encode_started,
+    }
     return result
 
 
-def _rank_isolating_failures(ranker: Ranker, requests: list[RankRequest]) -> tuple[list, dict]:
+def _rank_isolating_failures(
+    ranker: Ranker, requests: list[RankRequest]
+) -> tuple[list, dict, dict[str, float]]:
     """One ranking call for the batch; if it fails, rank one by one so a single poisonous
-    request becomes one dead letter instead of losing the batch."""
+    request becomes one dead letter instead of losing the batch. Also returns the
+    ranker's time per stage (model, graph)."""
+    started = time.perf_counter()
     try:
         result = ranker.rank_batch(requests)
-        return result.items, result.model_states
+        return result.items, result.model_states, _rank_stages(result, started)
     except Exception:
         log.exception("ranking failed for a batch of %d; retrying one by one", len(requests))
     out: list = []
@@ -155,4 +176,11 @@ def _rank_isolating_failures(ranker: Ranker, requests: list[RankRequest]) -> tup
             out.extend(ranker.rank_batch([req]).items)
         except Exception as exc:
             out.append(Rejected("internal", f"ranking failed: {type(exc).__name__}: {exc}"))
-    return out, {}
+    return out, {}, {"model": time.perf_counter() - started}
+
+
+def _rank_stages(result: RankResult, started: float) -> dict[str, float]:
+    """The ranker's split of its time, or all of it as ``model``."""
+    if result.stages:
+        return result.stages
+    return {"model": time.perf_counter() - started}

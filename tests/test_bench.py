@@ -42,10 +42,15 @@ def test_bench_smoke(broker: str, tmp_path: Path) -> None:
         # Latency ends when the broker appended the output (the topic's LogAppendTime).
         assert r["latency_to"] == "broker append time", name
     worker = saved["systems"]["worker"]
-    assert set(worker["stages_ms"]) == {"process", "state_write", "publish"}
+    stages = worker["stages_ms"]
+    parts = {"decode", "state", "model", "graph", "encode"}
+    assert set(stages) == {"process", "state_write", "publish"} | parts
+    # process is timed around the whole batch function; its parts inside it.
+    assert 0.9 * stages["process"] <= sum(stages[s] for s in parts) <= stages["process"] + 0.001
     assert worker["rss_mb"] > 0 and "worker/raw" in result
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert any(line.startswith("worker: max") for line in lines)
+    assert any(line.startswith("  worker stages, ms per event: decode") for line in lines)
 
 
 def test_read_ready_returns_with_the_first_message(broker: str) -> None:

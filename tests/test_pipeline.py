@@ -97,6 +97,42 @@ class Exploding(CooccurrenceRanker):
         return super().rank_batch(requests)
 
 
+def test_stage_times_say_where_the_batch_went(ranker: CooccurrenceRanker) -> None:
+    """Each stage gets its own time: a slow state store shows in ``state``, a slow model
+    in ``model``, and the stages add up to the batch."""
+    import time
+
+    from streamrec.graph import GraphIndex
+    from streamrec.join import GraphJoin, JoinSettings
+    from streamrec.ranking import GraphRanker, known_items
+
+    class SlowModel(CooccurrenceRanker):
+        def candidates(self, requests):
+            time.sleep(0.05)
+            return super().candidates(requests)
+
+    slow = SlowModel(ranker.model, top_k=30)
+    joined = GraphRanker(slow, GraphJoin(GraphIndex(), JoinSettings(top_k=5), known_items(slow)))
+
+    def slow_store(user: str, rec: Record) -> bytes | None:
+        time.sleep(0.02)  # once per user and batch
+        return None
+
+    batch = records([event(n, user=f"u{n % 3}") for n in range(60)] + [b"not json"])
+    started = time.perf_counter()
+    result = process_batch(batch, slow_store, joined, SPEC)
+    wall = time.perf_counter() - started
+    st = result.stages
+    assert set(st) == {"decode", "state", "model", "graph", "encode"}
+    assert st["state"] >= 0.06 and st["model"] >= 0.05
+    assert max(st["decode"], st["graph"], st["encode"]) < 0.05
+    assert 0.95 * wall <= sum(st.values()) <= wall
+    # A ranker that does not split its time counts it all as the model's.
+    assert set(process_batch(records([event(1)]), lambda u, r: None, ranker, SPEC).stages) == {
+        "decode", "state", "model", "encode",
+    }  # fmt: skip
+
+
 def test_a_ranking_failure_costs_one_dead_letter_not_the_batch(ranker: CooccurrenceRanker) -> None:
     boom = Exploding(ranker.model, top_k=3)
     batch = records([event(1), event(2, user="bad"), event(3)])
