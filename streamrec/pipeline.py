@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .events import Event, Rejected, decode_event, encode_dead_letter, encode_recommendation
-from .ranking import Ranker, RankRequest, RankResult
+from .ranking import Ranker, RankRequest
 from .state import SessionState
 from .topology import WorkerSpec
 
@@ -120,6 +120,8 @@ def process_batch(
     ranking_started = clock()
     ranked, model_states, rank_stages = _rank_isolating_failures(ranker, requests)
     ranked_at = clock()
+    # The ranker's own split (model, graph) where it gives one, else all of it is model.
+    rank_stages = rank_stages or {"model": ranked_at - ranking_started}
     last_rec = {event.user_id: rec for rec, event in answered}
     for user, (h, hv, hn) in model_states.items():
         state = states[user]
@@ -161,11 +163,10 @@ def _rank_isolating_failures(
 ) -> tuple[list, dict, dict[str, float]]:
     """One ranking call for the batch; if it fails, rank one by one so a single poisonous
     request becomes one dead letter instead of losing the batch. Also returns the
-    ranker's time per stage (model, graph)."""
-    started = time.perf_counter()
+    ranker's time per stage where it splits it (``RankResult.stages``)."""
     try:
         result = ranker.rank_batch(requests)
-        return result.items, result.model_states, _rank_stages(result, started)
+        return result.items, result.model_states, result.stages
     except Exception:
         log.exception("ranking failed for a batch of %d; retrying one by one", len(requests))
     out: list = []
@@ -176,11 +177,4 @@ def _rank_isolating_failures(
             out.extend(ranker.rank_batch([req]).items)
         except Exception as exc:
             out.append(Rejected("internal", f"ranking failed: {type(exc).__name__}: {exc}"))
-    return out, {}, {"model": time.perf_counter() - started}
-
-
-def _rank_stages(result: RankResult, started: float) -> dict[str, float]:
-    """The ranker's split of its time, or all of it as ``model``."""
-    if result.stages:
-        return result.stages
-    return {"model": time.perf_counter() - started}
+    return out, {}, {}
