@@ -45,8 +45,13 @@ def test_bench_smoke(broker: str, tmp_path: Path) -> None:
     stages = worker["stages_ms"]
     parts = {"decode", "state", "model", "graph", "encode"}
     assert set(stages) == {"process", "state_write", "publish"} | parts
-    # process is timed around the whole batch function; its parts inside it.
-    assert 0.9 * stages["process"] <= sum(stages[s] for s in parts) <= stages["process"] + 0.001
+    # process is timed around the whole batch function; its parts inside it. What the
+    # parts leave out is mostly freeing the batch's objects as the function returns:
+    # 5-12 % of it for 500-event batches (parts / process 0.88-0.95, median 0.90, 40
+    # batches of generated events), so 0.9 failed now and then. A model or graph stage
+    # left untimed (~30 % each) would still fail this; the set check above catches a
+    # missing key.
+    assert 0.8 * stages["process"] <= sum(stages[s] for s in parts) <= stages["process"] + 0.001
     assert worker["rss_mb"] > 0 and "worker/raw" in result
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert any(line.startswith("worker: max") for line in lines)
