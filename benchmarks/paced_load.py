@@ -6,6 +6,12 @@
 ``streamrec bench`` offers loads relative to each system's maximum; this holds the load
 fixed, so two builds or two topologies can be compared at the same rate, and shows how
 the machine's CPU is shared between the worker and the embedded broker while it runs.
+
+It also splits each answer's latency at the moment the worker encoded it (the output's
+``produced_at``): before it, the event waited to be fetched, for the agent to be free,
+for the batch to fill (``linger_ms``) and for the batch's processing; after it, the
+output waited to be sent and appended. With each batch's processing time and size, that
+says which of them a change should shorten.
 """
 
 from __future__ import annotations
@@ -15,17 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+from confluent_kafka import TopicPartition
+
 from streamrec.bench import (
     BenchConfig,
     OutputLog,
-    _percentiles,
     _proc_stats,
     bench_producer,
     make_events,
     produce_paced,
+    read_ready,
     with_append_time,
 )
 from streamrec.broker import EmbeddedBroker, create_topology_topics
+from streamrec.evaluate import percentile
 from streamrec.procs import start_worker, stop_process
 from streamrec.topology import load_topology
 
@@ -76,14 +86,58 @@ def main() -> None:
             )
             if n:
                 answered = log.wait(marks, n, 120)
-                lat = [v for _, v in log.read(marks, log.ends()) if v is not None]
+                parts = latency_parts(log, marks, log.ends())
                 print(
-                    f"answered {len(lat):,} of {n:,}{'' if answered else ' (timed out)'}; "
-                    f"latency ms (to the {log.clock}) {_percentiles(lat)}"
+                    f"answered {len(parts['latency']):,} of {n:,}"
+                    f"{'' if answered else ' (timed out)'}; latency split (ms; batches: "
+                    "each answer's batch), p50 / p90 / p99:"
                 )
+                for name, values in parts.items():
+                    pct = " / ".join(f"{percentile(values, q):7.1f}" for q in (50, 90, 99))
+                    print(f"  {name:<20} {pct}")
         finally:
             stop_process(worker)
             log.close()
+
+
+def latency_parts(log: OutputLog, marks: dict[int, int], ends: dict[int, int]) -> dict:
+    """Per answer: event -> output appended (the latency), event -> encoded by the worker,
+    encoded -> appended, its batch's processing ms and size."""
+    parts: dict[str, list[float]] = {
+        k: []
+        for k in ("latency", "event -> encoded", "encoded -> appended", "batch ms", "batch size")
+    }
+    todo = {p: ends[p] for p in log.partitions if ends[p] > marks[p]}
+    log.consumer.assign([TopicPartition(log.topic, p, marks[p]) for p in todo])
+    deadline = time.monotonic() + 120
+    try:
+        while todo and time.monotonic() < deadline:
+            for m in read_ready(log.consumer, 0.5):
+                p = m.partition()
+                if m.error() or p not in todo or m.offset() >= todo[p]:
+                    continue
+                if m.offset() == todo[p] - 1:
+                    del todo[p]
+                doc = orjson.loads(m.value())
+                appended, timings = m.timestamp()[1], doc["timings"]
+                source = timings["source_ts"]
+                for name, value in zip(
+                    parts,
+                    (
+                        appended - source,
+                        doc["produced_at"] - source,
+                        appended - doc["produced_at"],
+                        timings["batch_ms"],
+                        timings["batch_size"],
+                    ),
+                    strict=True,
+                ):
+                    parts[name].append(value)
+    finally:
+        log.consumer.unassign()
+    if todo:
+        raise SystemExit(f"outputs up to {todo} were not read in 120 s")
+    return parts
 
 
 if __name__ == "__main__":
