@@ -40,9 +40,16 @@ from streamrec.datasets import generate_log
 class Side:
     """One ``streamrec`` package's batch logic, its own state store and timings."""
 
-    def __init__(self, name: str, pkg: str, args: argparse.Namespace, model_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        pkg: str,
+        args: argparse.Namespace,
+        model_path: Path,
+        topology: Path | None = None,
+    ) -> None:
         mod = {m: importlib.import_module(f"{pkg}.{m}") for m in _MODULES}
-        topo = mod["topology"].load_topology()
+        topo = mod["topology"].load_topology(topology)
         graph = mod["graph"]
         index = graph.load_index(args.graph) if args.graph else graph.GraphIndex()
         wrap = mod["app"]._joiner(topo, index)
@@ -92,12 +99,16 @@ class Side:
 _MODULES = ("app", "graph", "pipeline", "ranking", "topology")
 
 
-def load_ref(ref: str) -> str:
-    """Extract ``ref``'s ``streamrec/`` as package ``streamrec_ref``; its metrics module
-    is this one's (Prometheus refuses the same metric names registered twice)."""
+def load_ref(ref: str) -> tuple[str, Path]:
+    """Extract ``ref``'s ``streamrec/`` as package ``streamrec_ref`` and return it with
+    the path of ``ref``'s default topology (this tree's may have settings ``ref`` does
+    not know); its metrics module is this one's (Prometheus refuses the same metric
+    names registered twice)."""
     root = Path(__file__).resolve().parent.parent
     tar = subprocess.run(
-        ["git", "-C", str(root), "archive", ref, "streamrec"], capture_output=True, check=False
+        ["git", "-C", str(root), "archive", ref, "streamrec", "topologies"],
+        capture_output=True,
+        check=False,
     )
     if tar.returncode:
         sys.exit(f"--against {ref}: git archive failed: {tar.stderr.decode().strip()}")
@@ -107,7 +118,7 @@ def load_ref(ref: str) -> str:
     (dest / "streamrec").rename(dest / "streamrec_ref")
     sys.path.insert(0, str(dest))
     sys.modules["streamrec_ref.metrics"] = streamrec.metrics
-    return "streamrec_ref"
+    return "streamrec_ref", dest / "topologies" / "default.yaml"
 
 
 def main() -> None:
@@ -140,7 +151,8 @@ def main() -> None:
         model_path = model.save(Path(tempfile.mkdtemp()) / "model")
     sides = [Side("this tree", "streamrec", args, model_path)]
     if args.against:
-        sides.append(Side(args.against, load_ref(args.against), args, model_path))
+        pkg, topology = load_ref(args.against)
+        sides.append(Side(args.against, pkg, args, model_path, topology))
         for side in sides:  # two processes' worth of work in one: CPU time, not wall
             side.clock = time.process_time
     records = [
