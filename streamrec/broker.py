@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .config import client_config
+from .config import client_config, consumer_config
 from .topology import TopicSpec, Topology
 
 BROKER_NAME = "noida-db 0.2.3"
@@ -239,6 +239,43 @@ def _wait_for_metadata(names: list[str], bootstrap: str | None, timeout: float =
             return
         time.sleep(0.1)
     raise BrokerError(f"topics {names} not visible after {timeout}s")
+
+
+def delete_records(names: Iterable[str], bootstrap: str | None = None) -> int:
+    """Delete every record now in the topics ``names`` (Kafka's DeleteRecords up to each
+    partition's end; the offsets go on from there). Returns how many were deleted."""
+    client = admin(bootstrap)
+    md = client.list_topics(timeout=10)
+    probe = Consumer(consumer_config(bootstrap, **{"group.id": "streamrec-admin"}))
+    try:
+        todo = []
+        for name in names:
+            for p in md.topics[name].partitions if name in md.topics else ():
+                low, high = probe.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                if high > low:
+                    todo.append((TopicPartition(name, p, high), high - low))
+    finally:
+        probe.close()
+    if not todo:
+        return 0
+    futures = client.delete_records([tp for tp, _ in todo], request_timeout=30)
+    for tp, fut in futures.items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            where = f"{tp.topic}[{tp.partition}]"
+            raise BrokerError(f"could not delete the records of {where}: {exc}") from exc
+    return sum(n for _, n in todo)
+
+
+def delete_topics(names: Iterable[str], bootstrap: str | None = None) -> None:
+    names, client = list(names), admin(bootstrap)
+    if names:
+        for name, fut in client.delete_topics(names, request_timeout=30).items():
+            try:
+                fut.result()
+            except KafkaException as exc:
+                raise BrokerError(f"could not delete topic {name}: {exc}") from exc
 
 
 def create_topology_topics(

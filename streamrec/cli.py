@@ -559,6 +559,13 @@ def bench(
     workdir: Annotated[Path, typer.Option(help="Output: bench.json, bench.png, logs.")] = Path(
         ".streamrec/bench"
     ),
+    keep_records: Annotated[
+        bool,
+        typer.Option(
+            help="Do not delete each step's records after it (the embedded broker's CPU "
+            "grows with the data it holds; see the README)."
+        ),
+    ] = False,
     bootstrap: Bootstrap = None,
     topology: TopologyOpt = None,
 ) -> None:
@@ -579,6 +586,7 @@ def bench(
         graph=graph,
         systems=chosen,
         workers=workers,
+        keep_records=keep_records,
     )
     try:
         result = run_bench(cfg, progress=lambda line: console.print(line))

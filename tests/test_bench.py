@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from streamrec.bench import BenchConfig, BenchError, produce_paced, read_ready, run_bench
-from streamrec.broker import create_topics
+from streamrec.broker import BrokerError, create_topics, delete_records, list_topics
 from streamrec.cli import app
 from streamrec.config import consumer_config
 from streamrec.topology import TopicSpec
@@ -32,7 +32,11 @@ def test_bench_smoke(broker: str, tmp_path: Path) -> None:
         systems=("raw", "faust", "worker"),  # all three: (b) once hung with linger_ms 0
     )
     lines: list[str] = []
+    before = set(list_topics(broker))
     result = run_bench(cfg, progress=lines.append)
+    # Each step's records were deleted after it, and each system's topics at its end.
+    assert not [line for line in lines if "could not delete" in line]
+    assert not [t for t in set(list_topics(broker)) - before if "bench" in t]
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["systems"].keys() == {"worker", "raw", "faust"}
     for name, r in saved["systems"].items():
@@ -56,6 +60,31 @@ def test_bench_smoke(broker: str, tmp_path: Path) -> None:
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert any(line.startswith("worker: max") for line in lines)
     assert any(line.startswith("  worker stages, ms per event: decode") for line in lines)
+
+
+def test_delete_records_empties_a_topic_and_its_offsets_go_on(broker: str) -> None:
+    """What the bench does between steps (the embedded broker's CPU grows with the data
+    it holds); Kafka refuses it on a compact-only topic, hence the bench's changelog
+    policy "compact,delete"."""
+    plain, compacted = f"del-{uuid.uuid4().hex[:8]}", f"delc-{uuid.uuid4().hex[:8]}"
+    create_topics(
+        [TopicSpec(plain, 2), TopicSpec(compacted, 1, {"cleanup.policy": "compact"})], broker
+    )
+    produce_paced(broker, plain, [b"v"] * 50, [str(i).encode() for i in range(50)])
+    produce_paced(broker, compacted, [b"v"], [b"k"])
+    assert delete_records([plain], broker) == 50
+    assert delete_records([plain], broker) == 0  # nothing left
+    probe = Consumer(consumer_config(broker, **{"group.id": "t"}))
+    try:
+        marks = [probe.get_watermark_offsets(TopicPartition(plain, p), 5) for p in (0, 1)]
+        assert all(low == high for low, high in marks) and sum(h for _, h in marks) == 50
+        produce_paced(broker, plain, [b"after"], [b"0"])
+        ends = [probe.get_watermark_offsets(TopicPartition(plain, p), 5)[1] for p in (0, 1)]
+        assert sum(ends) == 51  # offsets go on past the deleted ones
+    finally:
+        probe.close()
+    with pytest.raises(BrokerError, match="could not delete the records of"):
+        delete_records([compacted], broker)
 
 
 def test_read_ready_returns_with_the_first_message(broker: str) -> None:
