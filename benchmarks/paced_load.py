@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import orjson
-from confluent_kafka import TopicPartition
 
 from streamrec.bench import (
     BenchConfig,
@@ -36,7 +35,6 @@ from streamrec.bench import (
     bench_producer,
     make_events,
     produce_paced,
-    read_ready,
     with_append_time,
 )
 from streamrec.broker import EmbeddedBroker, create_topology_topics
@@ -126,37 +124,23 @@ def latency_parts(log: OutputLog, marks: dict[int, int], ends: dict[int, int]) -
             "sent at",
         )
     }
-    todo = {p: ends[p] for p in log.partitions if ends[p] > marks[p]}
-    log.consumer.assign([TopicPartition(log.topic, p, marks[p]) for p in todo])
-    deadline = time.monotonic() + 120
-    try:
-        while todo and time.monotonic() < deadline:
-            for m in read_ready(log.consumer, 0.5):
-                p = m.partition()
-                if m.error() or p not in todo or m.offset() >= todo[p]:
-                    continue
-                if m.offset() == todo[p] - 1:
-                    del todo[p]
-                doc = orjson.loads(m.value())
-                appended, timings = m.timestamp()[1], doc["timings"]
-                source = timings["source_ts"]
-                for name, value in zip(
-                    parts,
-                    (
-                        appended - source,
-                        doc["produced_at"] - source,
-                        appended - doc["produced_at"],
-                        timings["batch_ms"],
-                        timings["batch_size"],
-                        source,
-                    ),
-                    strict=True,
-                ):
-                    parts[name].append(value)
-    finally:
-        log.consumer.unassign()
-    if todo:
-        raise SystemExit(f"outputs up to {todo} were not read in 120 s")
+    for m in log.messages(marks, ends):
+        doc = orjson.loads(m.value())
+        appended, timings = m.timestamp()[1], doc["timings"]
+        source = timings["source_ts"]
+        for name, value in zip(
+            parts,
+            (
+                appended - source,
+                doc["produced_at"] - source,
+                appended - doc["produced_at"],
+                timings["batch_ms"],
+                timings["batch_size"],
+                source,
+            ),
+            strict=True,
+        ):
+            parts[name].append(value)
     return parts
 
 

@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -229,9 +229,23 @@ class OutputLog:
         """(made, latency) in ms of every output from ``marks`` to ``ends``: when the system
         made it (its ``produced_at``: a rate is timed by these, not by append times, which
         a producer's start-up bunches) and the event->output latency (or None)."""
+        rows: list[tuple[float, float | None]] = []
+        for m in self.messages(marks, ends, timeout):
+            kind, ts = m.timestamp()
+            if kind != TIMESTAMP_LOG_APPEND_TIME:
+                self.clock = "output create time"
+            doc = orjson.loads(m.value())
+            src = doc.get("timings", {}).get("source_ts")
+            rows.append((doc.get("produced_at", ts), ts - src if src else None))
+        return rows
+
+    def messages(
+        self, marks: dict[int, int], ends: dict[int, int], timeout: float = 120
+    ) -> Iterator[Any]:
+        """Every output message from ``marks`` to ``ends``; BenchError if some are not
+        read within ``timeout``."""
         todo = {p: ends[p] for p in self.partitions if ends[p] > marks[p]}
         self.consumer.assign([TopicPartition(self.topic, p, marks[p]) for p in todo])
-        rows: list[tuple[float, float | None]] = []
         deadline = time.monotonic() + timeout
         try:
             while todo and time.monotonic() < deadline:
@@ -241,17 +255,11 @@ class OutputLog:
                         continue
                     if m.offset() == todo[p] - 1:
                         del todo[p]
-                    kind, ts = m.timestamp()
-                    if kind != TIMESTAMP_LOG_APPEND_TIME:
-                        self.clock = "output create time"
-                    doc = orjson.loads(m.value())
-                    src = doc.get("timings", {}).get("source_ts")
-                    rows.append((doc.get("produced_at", ts), ts - src if src else None))
+                    yield m
         finally:
             self.consumer.unassign()  # no fetching (spinning) between runs
         if todo:
             raise BenchError(f"{self.topic}: outputs up to {todo} not read in {timeout:.0f} s")
-        return rows
 
     def close(self) -> None:
         self.consumer.close()
