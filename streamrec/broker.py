@@ -269,6 +269,7 @@ def delete_records(names: Iterable[str], bootstrap: str | None = None) -> int:
 
 
 def delete_topics(names: Iterable[str], bootstrap: str | None = None) -> None:
+    """Delete the topics ``names`` (the bench's own, once a system is measured)."""
     names, client = list(names), admin(bootstrap)
     if names:
         for name, fut in client.delete_topics(names, request_timeout=30).items():
