@@ -30,6 +30,7 @@ import orjson
 
 from streamrec.bench import (
     BenchConfig,
+    BenchError,
     OutputLog,
     _proc_stats,
     bench_producer,
@@ -124,7 +125,11 @@ def latency_parts(log: OutputLog, marks: dict[int, int], ends: dict[int, int]) -
             "sent at",
         )
     }
-    for m in log.messages(marks, ends):
+    try:
+        messages = list(log.messages(marks, ends))
+    except BenchError as exc:  # a clear line, not a traceback
+        raise SystemExit(str(exc)) from None
+    for m in messages:
         doc = orjson.loads(m.value())
         appended, timings = m.timestamp()[1], doc["timings"]
         source = timings["source_ts"]
