@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.baseline import CooccurrenceModel
+from streamrec.baseline import PAST_TENSE, TYPE_WEIGHT, CooccurrenceModel
 from streamrec.datasets import generate_log
 
 
@@ -115,3 +115,68 @@ def test_trimming_candidates_and_neighbour_order_do_not_change_answers() -> None
     assert answers(reversed_columns) == expected
     assert answers(untrimmed) == expected
     assert sum(len(a) for a in expected) == 15 * len(hs)
+
+
+def _reference_ranking(m: CooccurrenceModel, history, k: int, recent: int = 5, decay: float = 0.7):
+    """ranked_batch's scored part, written plainly: each of the ``recent`` latest known
+    items votes for its neighbours (float32 vote = score x weight); an item's score is
+    the sum of its votes and its reason the strongest vote, the most recent on ties;
+    best first, ties in item order, history excluded."""
+    score: dict[int, float] = defaultdict(float)
+    strongest: dict[int, tuple[float, int]] = {}
+    weight, used = 1.0, 0
+    for p in range(len(history) - 1, -1, -1):
+        i = m.index.get(history[p][0])
+        if i is None:
+            continue
+        w = np.float32(weight * TYPE_WEIGHT.get(history[p][1], 1.0))
+        for j, s in zip(m._nbr_idx[i].tolist(), m._nbr_score[i], strict=True):
+            if j < 0:
+                continue
+            c = float(np.float32(s) * w)
+            score[j] += c
+            if j not in strongest or c > strongest[j][0]:
+                strongest[j] = (c, p)
+        weight *= decay
+        used += 1
+        if used >= recent:
+            break
+    seen = {item for item, _ in history}
+    ranked = sorted((j for j in score if m.item_ids[j] not in seen), key=lambda j: (-score[j], j))
+    out = []
+    for j in ranked[:k]:
+        src_item, src_type = history[strongest[j][1]]
+        reason = f'often together with "{m.title(src_item)}", which you {PAST_TENSE[src_type]}'
+        out.append((m.item_ids[j], score[j], [reason]))
+    return out
+
+
+def test_scores_and_reasons_match_a_plain_reference_also_in_chunks() -> None:
+    """The whole-batch numpy scoring (one sort on request, item and vote strength)
+    equals the plain definition; a batch too large for one sort key is scored in
+    chunks of requests with the same answers."""
+    events, catalog = generate_log(users=200, items=150, events_per_user=15, seed=11)
+    m = CooccurrenceModel.from_log(events, catalog)
+    histories: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for e in events:
+        histories[e["user_id"]].append((e["item_id"], e["event_type"]))
+    hs = [h[: 3 + n % 9] for n, h in enumerate(histories.values())]
+
+    def answers(model: CooccurrenceModel) -> list:
+        lists = [list(r) for r in model.ranked_batch(hs, k=12)]
+        return [[(r.item_id, r.score, r.reasons) for r in lst] for lst in lists]
+
+    got = answers(m)
+    for history, answer in zip(hs, got, strict=True):
+        expected = _reference_ranking(m, history, k=12)
+        scored = answer[: len(expected)]
+        assert [(i, r) for i, _, r in scored] == [(i, r) for i, _, r in expected]
+        assert [s for _, s, _ in scored] == pytest.approx([s for _, s, _ in expected], rel=1e-12)
+    chunked = CooccurrenceModel(m.item_ids, m._nbr_idx, m._nbr_score, m.popularity, m.titles)
+    chunked._MAX_KEY = 7 * len(m.item_ids)  # 6 requests per sort
+    assert answers(chunked) == got
+
+
+def test_refuses_negative_neighbour_scores() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        CooccurrenceModel(["a", "b"], np.array([[1], [0]]), np.array([[-0.5], [1.0]]), np.ones(2))
