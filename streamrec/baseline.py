@@ -93,7 +93,9 @@ class CooccurrenceModel:
             np.where(nbr_idx < 0, np.iinfo(nbr_idx.dtype).max, nbr_idx), axis=1, kind="stable"
         )
         self._nbr_idx = np.take_along_axis(nbr_idx, order, axis=1)
-        self._nbr_score = np.take_along_axis(nbr_score.astype(np.float32), order, axis=1)
+        # abs: -0.0 -> 0.0, whose bits would sort it above every positive score
+        scores = np.abs(nbr_score.astype(np.float32))
+        self._nbr_score = np.take_along_axis(scores, order, axis=1)
         total = float(self.popularity.sum()) or 1.0
         self._pop_share = self.popularity / total
         # Neighbour ids per item as sets, built on first use and kept for the hottest

@@ -177,6 +177,13 @@ def test_scores_and_reasons_match_a_plain_reference_also_in_chunks() -> None:
     assert answers(chunked) == got
 
 
-def test_refuses_negative_neighbour_scores() -> None:
+def test_refuses_negative_neighbour_scores_and_reads_minus_zero_as_zero() -> None:
+    """The scoring sorts votes by their float bits, where -0.0 would beat every score."""
+    nbr = np.array([[2, -1], [2, -1], [0, 1]])
     with pytest.raises(ValueError, match="non-negative"):
-        CooccurrenceModel(["a", "b"], np.array([[1], [0]]), np.array([[-0.5], [1.0]]), np.ones(2))
+        CooccurrenceModel(["a", "b", "c"], nbr, np.array([[-0.5, 0], [1, 0], [1, 1]]), np.ones(3))
+    scores = np.array([[-0.0, 0.0], [0.5, 0.0], [1.0, 1.0]], dtype=np.float32)
+    m = CooccurrenceModel(["a", "b", "c"], nbr, scores, np.ones(3))
+    (rec,) = m.recommend([("b", "view"), ("a", "view")], k=1)
+    # c's votes: -0.0 from a (the latest), 0.5 x 0.7 from b: b's is the reason.
+    assert (rec.item_id, rec.reasons) == ("c", ['often together with "b", which you viewed'])
