@@ -90,10 +90,15 @@ class GraphJoin:
         if known_items <= s.short_history or cold_item:
             # Nothing the model knows (or the latest item is new to it): the model's list
             # is popularity, and the graph leads. Otherwise the model leads.
-            graph_leads = known_items == 0 or cold_item
-            model = [c for c in candidates if c.item_id not in blocked]
-            seen = {i for i, _ in history}
-            candidates = self._blend(model, self._expand(recent, seen | blocked), graph_leads)
+            graph = self._expand(recent, {i for i, _ in history} | blocked)
+            # With nothing from the graph the blend would keep the model's order: skip
+            # it, and the model's candidates stay lazy (making all of them for a third
+            # of the events, to blend them with nothing, was ~1/4 of the join without a
+            # graph; line_profiler).
+            if graph:
+                graph_leads = known_items == 0 or cold_item
+                model = [c for c in candidates if c.item_id not in blocked]
+                candidates = self._blend(model, graph, graph_leads)
         chosen = self._diversify(candidates, blocked)
         if explain is not None:
             explain(state, chosen)

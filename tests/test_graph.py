@@ -127,6 +127,19 @@ def test_join_reads_candidates_only_as_far_as_it_keeps(index: GraphIndex) -> Non
     assert read == ["5", "4", "2", "3"]  # the blocked two are skipped, nothing past "3"
     assert out == join.join(state, [Recommendation(i, 1.0, ["model"]) for i in order])
 
+    # A short history the graph has nothing for (no graph loaded): the blend would keep
+    # the model's order, so the candidates stay lazy there too, with the same answer.
+    short = GraphJoin(GraphIndex(), JoinSettings(top_k=2), known=set(CATALOG_IDS))
+    read.clear()
+    out = short.join(state, lazy())
+    assert [c["item_id"] for c in out] == ["5", "2"]  # nothing unavailable without a graph
+    assert read == ["5", "4", "2"]
+    # The same as blending the model's whole list with nothing, as the join did before.
+    model = [Recommendation(i, 1.0, ["model"]) for i in order if i != "4"]
+    recent = state.history()[-short.s.recent :]
+    blended = short._diversify(short._blend(model, [], graph_leads=True), {"4"})
+    assert out == short._explain(blended, recent, short._recent_targets(recent))
+
 
 def test_join_explains_with_the_graph_as_updated(index: GraphIndex) -> None:
     """The join keeps what it derives from the graph per generation: after a catalog
