@@ -10,13 +10,18 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamrec.baseline import Recommendation
 from streamrec.datasets import generate_log, write_jsonl
 from streamrec.evaluate import evaluate_offline
+from streamrec.graph import GraphIndex
+from streamrec.join import GraphJoin, JoinSettings
 from streamrec.model.runtime import ModelError, SequentialModel
 from streamrec.pipeline import Record, process_batch
 from streamrec.ranking import (
     CooccurrenceRanker,
+    GraphRanker,
     ModelWatcher,
+    RankRequest,
     SequentialRanker,
     activate,
     load_ranker,
@@ -133,6 +138,34 @@ def test_cached_state_gives_the_full_history_answer(models_root: Path) -> None:
         assert ids(a) == ids(b)
     assert all(doc["model_version"] == ranker.version for doc in one_by_one)
     assert all(item["reasons"] for item in one_by_one[-1]["items"])
+
+
+def test_the_join_reads_the_models_candidates_only_as_far_as_it_keeps(
+    models_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model proposes 30 candidates and the join keeps 3: only the ones it reads
+    are made (making all 30 was ~1/4 of this ranker's Python time), same answer."""
+    ranker = load_ranker(models_root, top_k=30)
+    assert isinstance(ranker, SequentialRanker)
+    entries = [[i, "view", n, f"e{n}"] for n, i in enumerate(["i10", "i11"])]
+    state = SessionState(entries=entries, n_events=2)
+    req = RankRequest("u1", state)
+    everything = ranker.rank_batch([req]).items[0]
+    made: list[str] = []
+
+    class Counted(Recommendation):
+        __slots__ = ()
+
+        def __init__(self, item_id: str, score: float, reasons: list[str] | None) -> None:
+            made.append(item_id)
+            super().__init__(item_id, score, reasons)
+
+    monkeypatch.setattr("streamrec.ranking.Recommendation", Counted)
+    settings = JoinSettings(top_k=3, short_history=0)
+    join = GraphJoin(GraphIndex(), settings, known=set(ranker.model.items))
+    (joined,) = GraphRanker(ranker, join).rank_batch([req]).items
+    assert made == [i["item_id"] for i in everything[:3]]
+    assert [i["item_id"] for i in joined] == made
 
 
 def test_new_version_rebuilds_state_from_the_window(models_root: Path) -> None:
