@@ -141,6 +141,30 @@ def test_join_reads_candidates_only_as_far_as_it_keeps(index: GraphIndex) -> Non
     assert out == short._explain(blended, recent, short._recent_targets(recent))
 
 
+def test_graph_candidates_are_made_only_as_far_as_the_join_reads(
+    index: GraphIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short history's graph candidates (up to 5 x top_k) are blended as (item, score)
+    pairs; only those the join reads become candidates, with the same answer."""
+    state = SessionState(entries=[view("1"), view("3", n=1)], n_events=2)
+    settings = JoinSettings(top_k=1, max_per_value=5)
+    everything = GraphJoin(index, JoinSettings(top_k=5, max_per_value=5), known=set())
+    proposed = everything.join(state, [])
+    assert len(proposed) >= 2  # the graph proposes several
+    made: list[str] = []
+
+    class Counted(Recommendation):
+        __slots__ = ()
+
+        def __init__(self, item_id: str, score: float, reasons: list[str] | None) -> None:
+            made.append(item_id)
+            super().__init__(item_id, score, reasons)
+
+    monkeypatch.setattr("streamrec.join.Recommendation", Counted)
+    (only,) = GraphJoin(index, settings, known=set()).join(state, [])
+    assert made == [only["item_id"]] == [proposed[0]["item_id"]]
+
+
 def test_join_explains_with_the_graph_as_updated(index: GraphIndex) -> None:
     """The join keeps what it derives from the graph per generation: after a catalog
     update the same join must explain from the new links."""
