@@ -177,8 +177,15 @@ class SequentialRanker(CandidateRanker):
             for r, s in enumerate(seen):
                 exclude[r, : len(s)] = s
             states, scores, top = model.run(items, np.stack(h0s), gather, exclude)
-            # Whole arrays to lists once (row by row was numpy's per-call overhead).
-            for n, row_scores, row_top in zip(modelled, scores.tolist(), top.tolist(), strict=True):
+            # To lists once per batch (row by row was numpy's per-call overhead), and only
+            # the first top_k columns of the model's K (100): _ranked reads further only in
+            # rows where one of them is padding or masked, which get their whole row.
+            k = self.top_k
+            rows_s, rows_t = scores[:, :k].tolist(), top[:, :k].tolist()
+            short = ~(np.isfinite(scores[:, :k]) & (top[:, :k] > 0)).all(axis=1)
+            for r in np.flatnonzero(short).tolist():
+                rows_s[r], rows_t[r] = scores[r].tolist(), top[r].tolist()
+            for n, row_scores, row_top in zip(modelled, rows_s, rows_t, strict=True):
                 out[n] = self._ranked(row_scores, row_top)
             for r, user in enumerate(rows):
                 last = requests[users[user][-1]].state

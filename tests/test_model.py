@@ -168,6 +168,37 @@ def test_the_join_reads_the_models_candidates_only_as_far_as_it_keeps(
     assert [i["item_id"] for i in joined] == made
 
 
+def test_masked_or_padding_entries_among_the_first_k_are_skipped(
+    models_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first top_k of the model's K columns are read, except in rows where
+    one of them is masked (-inf) or padding (0): those read on, as far as needed."""
+    ranker = load_ranker(models_root, top_k=3)
+    assert isinstance(ranker, SequentialRanker)
+    real_run = ranker.model.run
+    seen: dict[str, list] = {}
+
+    def run(*arrays):
+        states, scores, top = real_run(*arrays)
+        scores[0, 1] = float("-inf")  # masked
+        top[0, 2] = 0  # padding
+        seen.update(scores=scores[0].tolist(), top=top[0].tolist())
+        return states, scores, top
+
+    monkeypatch.setattr(ranker.model, "run", run)
+    entries = [[i, "view", n, f"e{n}"] for n, i in enumerate(["i10", "i11"])]
+    other = [[i, "view", n, f"f{n}"] for n, i in enumerate(["i30", "i31"])]
+    requests = [
+        RankRequest("u1", SessionState(entries=entries, n_events=2)),
+        RankRequest("u2", SessionState(entries=other, n_events=2)),
+    ]
+    (first, second), _ = ranker.candidates(requests)
+    first, names = list(first), ranker.model.items
+    assert [c.item_id for c in first] == [names[seen["top"][j] - 1] for j in (0, 3, 4)]
+    assert [c.score for c in first] == [round(seen["scores"][j], 4) for j in (0, 3, 4)]
+    assert len(list(second)) == 3
+
+
 def test_new_version_rebuilds_state_from_the_window(models_root: Path) -> None:
     old, new = load_ranker(v(models_root, 1)), load_ranker(v(models_root, 2))
     history = ["i20", "i21", "i22", "i23"]
