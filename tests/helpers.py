@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end tests: run a worker, collect what it published."""
+"""Helpers for the tests: run a worker, collect what it published; count candidates."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamrec.baseline import Recommendation
 from streamrec.broker import create_topology_topics
 from streamrec.datasets import iter_lines
 from streamrec.events import Rejected, decode_event
@@ -165,3 +166,19 @@ def explain_missing(topo: Topology, bootstrap: str, missing: set[str], group: st
         f"  group committed offsets: {committed}",
     ]
     return "\n".join(lines)
+
+
+def count_made_candidates(monkeypatch, module: str) -> list[str]:
+    """Make ``module``'s Recommendation record each candidate it makes (their item ids,
+    in order): how the tests see that rankers and the join make only what they read."""
+    made: list[str] = []
+
+    class Counted(Recommendation):
+        __slots__ = ()
+
+        def __init__(self, item_id: str, score: float, reasons: list[str] | None) -> None:
+            made.append(item_id)
+            super().__init__(item_id, score, reasons)
+
+    monkeypatch.setattr(f"{module}.Recommendation", Counted)
+    return made

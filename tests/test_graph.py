@@ -19,6 +19,8 @@ from streamrec.graph import (
 from streamrec.join import GraphJoin, JoinSettings
 from streamrec.state import SessionState
 
+from .helpers import count_made_candidates
+
 CATALOG = [
     {
         "item_id": "1",
@@ -151,16 +153,7 @@ def test_graph_candidates_are_made_only_as_far_as_the_join_reads(
     everything = GraphJoin(index, JoinSettings(top_k=5, max_per_value=5), known=set())
     proposed = everything.join(state, [])
     assert len(proposed) >= 2  # the graph proposes several
-    made: list[str] = []
-
-    class Counted(Recommendation):
-        __slots__ = ()
-
-        def __init__(self, item_id: str, score: float, reasons: list[str] | None) -> None:
-            made.append(item_id)
-            super().__init__(item_id, score, reasons)
-
-    monkeypatch.setattr("streamrec.join.Recommendation", Counted)
+    made = count_made_candidates(monkeypatch, "streamrec.join")
     (only,) = GraphJoin(index, settings, known=set()).join(state, [])
     assert made == [only["item_id"]] == [proposed[0]["item_id"]]
 

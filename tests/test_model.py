@@ -10,7 +10,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamrec.baseline import Recommendation
 from streamrec.datasets import generate_log, write_jsonl
 from streamrec.evaluate import evaluate_offline
 from streamrec.graph import GraphIndex
@@ -28,6 +27,8 @@ from streamrec.ranking import (
 )
 from streamrec.state import SessionState
 from streamrec.topology import WorkerSpec
+
+from .helpers import count_made_candidates
 
 torch = pytest.importorskip("torch", reason="training needs the [train] extra")
 from streamrec.model.train import ExportMismatch, TrainConfig, train, verify_export  # noqa: E402
@@ -151,16 +152,7 @@ def test_the_join_reads_the_models_candidates_only_as_far_as_it_keeps(
     state = SessionState(entries=entries, n_events=2)
     req = RankRequest("u1", state)
     everything = ranker.rank_batch([req]).items[0]
-    made: list[str] = []
-
-    class Counted(Recommendation):
-        __slots__ = ()
-
-        def __init__(self, item_id: str, score: float, reasons: list[str] | None) -> None:
-            made.append(item_id)
-            super().__init__(item_id, score, reasons)
-
-    monkeypatch.setattr("streamrec.ranking.Recommendation", Counted)
+    made = count_made_candidates(monkeypatch, "streamrec.ranking")
     settings = JoinSettings(top_k=3, short_history=0)
     join = GraphJoin(GraphIndex(), settings, known=set(ranker.model.items))
     (joined,) = GraphRanker(ranker, join).rank_batch([req]).items
