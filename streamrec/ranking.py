@@ -180,9 +180,9 @@ class SequentialRanker(CandidateRanker):
             # To lists once per batch (row by row was numpy's per-call overhead), and only
             # the first top_k columns of the model's K (100): _ranked reads further only in
             # rows where one of them is padding or masked, which get their whole row.
-            k = self.top_k
-            rows_s, rows_t = scores[:, :k].tolist(), top[:, :k].tolist()
-            short = ~(np.isfinite(scores[:, :k]) & (top[:, :k] > 0)).all(axis=1)
+            head_s, head_t = scores[:, : self.top_k], top[:, : self.top_k]
+            rows_s, rows_t = head_s.tolist(), head_t.tolist()
+            short = ~(np.isfinite(head_s) & (head_t > 0)).all(axis=1)
             for r in np.flatnonzero(short).tolist():
                 rows_s[r], rows_t[r] = scores[r].tolist(), top[r].tolist()
             for n, row_scores, row_top in zip(modelled, rows_s, rows_t, strict=True):
