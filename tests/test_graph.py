@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,45 @@ def test_explain_cache_is_bounded_and_changes_no_answer(
     join = GraphJoin(index, settings, known=set(CATALOG_IDS))
     assert join.join(state, cands) == unbounded
     assert 1 <= len(join._explain_cache) <= 2
+
+
+def test_latest_items_expansion_is_cached_per_graph_generation(
+    index: GraphIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    join = GraphJoin(index, JoinSettings(top_k=3))
+    walked: list[str] = []
+    walk = join._add_expansion
+
+    def counted(scores: defaultdict[str, float], item: str, decay: float):
+        walked.append(item)
+        return walk(scores, item, decay)
+
+    monkeypatch.setattr(join, "_add_expansion", counted)
+    first = join._expand([("3", "view")], set())
+    assert join._expand([("3", "view")], set()) == first
+    older_too = join._expand([("1", "view"), ("3", "view")], set())
+    assert walked == ["3", "1"]  # "3", the latest item each time, was walked once
+    # The cached scores are the ones an uncached walk adds, in the same order.
+    uncached: defaultdict[str, float] = defaultdict(float)
+    walk(uncached, "3", 1.0)
+    walk(uncached, "1", 0.7)
+    assert older_too == sorted(uncached.items(), key=lambda kv: kv[1], reverse=True)[:15]
+    # A catalog update starts a new generation: the next expansion sees the new item.
+    apply_catalog_update(
+        index, {"item_id": "9", "title": "Brand New", "attributes": {"genre": ["Action"]}}
+    )
+    out = join.join(SessionState(entries=[view("3", "view")], n_events=1), [])
+    assert "9" in [c["item_id"] for c in out] and "9" not in dict(first)
+    updated = join._expand([("3", "view")], set())
+    assert updated == GraphJoin(index, JoinSettings(top_k=3))._expand([("3", "view")], set())
+
+
+def test_expansion_cache_is_bounded(index: GraphIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("streamrec.join._EXPAND_CACHE_SCORES", 3)
+    join = GraphJoin(index, JoinSettings(top_k=3))
+    for item in CATALOG_IDS:
+        join._expand([(item, "view")], set())
+        assert join._expand_cached == sum(map(len, join._expand_cache.values())) <= 3
 
 
 def test_new_item_gets_candidates_from_the_graph(index: GraphIndex) -> None:
