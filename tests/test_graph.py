@@ -234,12 +234,18 @@ def test_latest_items_expansion_is_cached_per_graph_generation(
     assert updated == GraphJoin(index, JoinSettings(top_k=3))._expand([("3", "view")], set())
 
 
-def test_expansion_cache_is_bounded(index: GraphIndex, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("streamrec.join._EXPAND_CACHE_SCORES", 3)
+def test_expansion_cache_is_bounded_and_changes_no_answer(
+    index: GraphIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unbounded = GraphJoin(index, JoinSettings(top_k=3))
+    monkeypatch.setattr("streamrec.join._EXPAND_CACHE_SCORES", 3)  # items add 2-3 each
     join = GraphJoin(index, JoinSettings(top_k=3))
-    for item in CATALOG_IDS:
-        join._expand([(item, "view")], set())
-        assert join._expand_cached == sum(map(len, join._expand_cache.values())) <= 3
+    for _ in range(2):
+        for item in CATALOG_IDS:
+            recent = [("1", "view"), (item, "view")]
+            assert join._expand(recent, set()) == unbounded._expand(recent, set())
+            assert join._expand_cached == sum(map(len, join._expand_cache.values())) <= 3
+    assert len(join._expand_cache) == 1  # cleared whenever the next item would not fit
 
 
 def test_new_item_gets_candidates_from_the_graph(index: GraphIndex) -> None:
