@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 import urllib.request
@@ -352,6 +353,7 @@ class BenchConfig:
     topology: Topology | None = None  # default: the packaged topology (run_bench sets it)
     workers: int = 1  # worker processes in one group (e.g. sharing one GPU)
     keep_records: bool = False  # True: no deleting between steps (see the module doc)
+    runs: int = 1  # >1: the same bench again on the same broker; medians reported
 
 
 @dataclass
@@ -579,13 +581,19 @@ def _stage_times(ports: list[int]) -> dict[str, float]:
 
 
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Bench ``cfg.systems`` ``cfg.runs`` times on one broker. With several runs the
+    result's ``systems`` and ratios are the medians of the runs (each run's own are kept
+    under ``runs``): one run's maximum moves ±20 % on a shared machine."""
     if cfg.topology is None:
         cfg = replace(cfg, topology=load_topology())
     partitions = cfg.topology.events.partitions
     if not 1 <= cfg.workers <= partitions:
         raise ValueError(f"--workers {cfg.workers}: the events topic has {partitions} partitions")
+    if cfg.runs < 1:
+        raise ValueError(f"--runs {cfg.runs}: at least one run")
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     broker = None if cfg.bootstrap else EmbeddedBroker(log=cfg.workdir / "broker.log")
+    runs: list[dict[str, Any]] = []
     try:
         bootstrap = cfg.bootstrap or broker.start()  # type: ignore[union-attr]
         model = cfg.model
@@ -594,13 +602,10 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict
                 users=cfg.users, items=cfg.items, events_per_user=10, seed=5
             )
             model = CooccurrenceModel.from_log(events, catalog).save(cfg.workdir / "model")
-        results: dict[str, SystemResult] = {}
-        order = ["worker"] + [s for s in cfg.systems if s != "worker"]
-        for system in order:
-            if system not in cfg.systems:
-                continue
-            target = results["worker"].max_rate if "worker" in results else None
-            results[system] = bench_system(system, cfg, bootstrap, model, target, progress)
+        for n in range(cfg.runs):
+            if cfg.runs > 1:
+                progress(f"run {n + 1} of {cfg.runs}")
+            runs.append(_run_once(cfg, bootstrap, model, progress))
     finally:
         if broker:
             broker.stop()
@@ -618,16 +623,107 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = print) -> dict
             "model": str(model),
             "graph": str(cfg.graph) if cfg.graph else None,
             "keep_records": cfg.keep_records,
+            "runs": cfg.runs,
         },
-        "systems": {k: v.__dict__ for k, v in results.items()},
+        **(runs[0] if cfg.runs == 1 else median_of_runs(runs)),
     }
+    if cfg.runs > 1:
+        out["runs"] = runs
+        for line in summary_lines(out):
+            progress(line)
+    (cfg.workdir / "bench.json").write_text(json.dumps(out, indent=2))
+    plot(out, cfg.workdir / "bench.png")
+    return out
+
+
+def _run_once(
+    cfg: BenchConfig, bootstrap: str, model: Path, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """One run: each system in turn (the worker first: its maximum sets the loads)."""
+    results: dict[str, SystemResult] = {}
+    order = ["worker"] + [s for s in cfg.systems if s != "worker"]
+    for system in order:
+        if system not in cfg.systems:
+            continue
+        target = results["worker"].max_rate if "worker" in results else None
+        results[system] = bench_system(system, cfg, bootstrap, model, target, progress)
+    out: dict[str, Any] = {"systems": {k: v.__dict__ for k, v in results.items()}}
     w = results.get("worker")
     for ref in ("raw", "faust"):
         if w and ref in results and results[ref].max_rate:
             out[f"worker/{ref}"] = round(w.max_rate / results[ref].max_rate, 3)
-    (cfg.workdir / "bench.json").write_text(json.dumps(out, indent=2))
-    plot(out, cfg.workdir / "bench.png")
     return out
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the runs, in one run's shape (``systems``, ratios).
+    Latencies are medians per load step; a step's offered rate is a fraction of its
+    own run's maximum, so the median offered rate is given beside them."""
+    systems: dict[str, dict[str, Any]] = {}
+    for name in runs[0]["systems"]:
+        each = [r["systems"][name] for r in runs]
+        loads = []
+        for steps in zip(*(e["loads"] for e in each), strict=True):
+            step = {"fraction": steps[0]["fraction"]}
+            for key in ("offered_per_s", "events", "p50", "p99", "p99.9"):
+                step[key] = _median([s[key] for s in steps])
+            loads.append(step)
+        stages = {
+            stage: _median([e["stages_ms"][stage] for e in each if stage in e["stages_ms"]])
+            for stage in each[0]["stages_ms"]
+        }
+        systems[name] = {
+            "max_rate": _median([e["max_rate"] for e in each]),
+            "loads": loads,
+            "cpu_percent": _median([e["cpu_percent"] for e in each]),
+            "rss_mb": _median([e["rss_mb"] for e in each]),
+            "stages_ms": stages,
+            "latency_to": each[0]["latency_to"],
+        }
+    out: dict[str, Any] = {"systems": systems}
+    for ratio in ("worker/raw", "worker/faust"):
+        if all(ratio in r for r in runs):
+            out[ratio] = _median([r[ratio] for r in runs])
+    return out
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The medians of a several-run bench, each with every run's figure in brackets
+    (the way to quote them: a median and its spread)."""
+    runs = result["runs"]
+
+    def each(get: Callable[[dict[str, Any]], float], fmt: str = "{:,.0f}") -> str:
+        return " / ".join(fmt.format(get(r)) for r in runs)
+
+    lines = [f"median of {len(runs)} runs (each run's figure in parentheses):"]
+    for name, med in result["systems"].items():
+        lines.append(
+            f"{name}: max {med['max_rate']:,.0f} events/s "
+            f"({each(lambda r, n=name: r['systems'][n]['max_rate'])}), "
+            f"CPU {med['cpu_percent']:.0f} %, RSS {med['rss_mb']:.0f} MB"
+        )
+        if med["stages_ms"]:
+            stages = ", ".join(f"{k} {v:.3f}" for k, v in med["stages_ms"].items())
+            lines.append(f"  stages, ms per event: {stages}")
+        for i, step in enumerate(med["loads"]):
+
+            def p99(r: dict[str, Any], n: str = name, i: int = i) -> float:
+                return r["systems"][n]["loads"][i]["p99"]
+
+            lines.append(
+                f"  at {step['fraction']:.0%} (~{step['offered_per_s']:,.0f}/s): "
+                f"p50 {step['p50']:g} ms, p99 {step['p99']:g} ms ({each(p99, '{:g}')})"
+            )
+    for ratio in ("worker/raw", "worker/faust"):
+        if ratio in result:
+            lines.append(
+                f"{ratio}: {result[ratio]:.3f} ({each(lambda r, k=ratio: r[k], '{:.3f}')})"
+            )
+    return lines
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -644,7 +740,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("offered load, events/s (25/50/75 % of the worker's max)")
     ax.set_ylabel("event -> output latency, ms")
     ax.set_yscale("log")
-    ax.set_title(f"streamrec bench on {result['broker']} ({result['machine']})")
+    runs = result.get("config", {}).get("runs", 1)
+    medians = f", median of {runs} runs" if runs > 1 else ""
+    ax.set_title(f"streamrec bench on {result['broker']} ({result['machine']}{medians})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -12,7 +12,15 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
-from streamrec.bench import BenchConfig, BenchError, produce_paced, read_ready, run_bench
+from streamrec.bench import (
+    BenchConfig,
+    BenchError,
+    median_of_runs,
+    produce_paced,
+    read_ready,
+    run_bench,
+    summary_lines,
+)
 from streamrec.broker import BrokerError, create_topics, delete_records, list_topics
 from streamrec.cli import app
 from streamrec.config import consumer_config
@@ -60,6 +68,64 @@ def test_bench_smoke(broker: str, tmp_path: Path) -> None:
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert any(line.startswith("worker: max") for line in lines)
     assert any(line.startswith("  worker stages, ms per event: decode") for line in lines)
+
+
+def test_bench_runs_several_times_on_one_broker_and_saves_the_medians(
+    broker: str, tmp_path: Path
+) -> None:
+    cfg = BenchConfig(
+        events=300,
+        users=50,
+        items=100,
+        load_seconds=0.5,
+        workdir=tmp_path,
+        bootstrap=broker,
+        systems=("raw",),
+        runs=2,
+    )
+    lines: list[str] = []
+    result = run_bench(cfg, progress=lines.append)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["config"]["runs"] == 2 and len(saved["runs"]) == 2
+    rates = [r["systems"]["raw"]["max_rate"] for r in saved["runs"]]
+    assert saved["systems"]["raw"]["max_rate"] == pytest.approx(sum(rates) / 2, abs=0.01)
+    assert result["systems"] == saved["systems"]
+    assert "run 2 of 2" in lines and "median of 2 runs (each run's figure in parentheses):" in lines
+    assert any(line.startswith("raw: max ") and " / " in line for line in lines)
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+def _run(rate: float, p99: float, raw: float, stage: float) -> dict:
+    loads = [
+        {"fraction": f, "offered_per_s": rate * f, "events": 10, "p50": 1.0, "p99": p99}
+        | {"p99.9": p99 + 1}
+        for f in (0.25, 0.5, 0.75)
+    ]
+    worker = {
+        "max_rate": rate,
+        "loads": loads,
+        "cpu_percent": 90.0,
+        "rss_mb": 200.0,
+        "stages_ms": {"model": stage},
+        "latency_to": "broker append time",
+    }
+    return {"systems": {"worker": worker}, "worker/raw": rate / raw}
+
+
+def test_the_medians_of_several_runs_are_taken_figure_by_figure() -> None:
+    runs = [_run(100, 50, 1000, 0.3), _run(300, 20, 1000, 0.1), _run(200, 90, 4000, 0.2)]
+    med = median_of_runs(runs)
+    worker = med["systems"]["worker"]
+    assert worker["max_rate"] == 200
+    assert [s["p99"] for s in worker["loads"]] == [50, 50, 50]  # of 50 / 20 / 90
+    assert [s["offered_per_s"] for s in worker["loads"]] == [50, 100, 150]
+    assert worker["stages_ms"] == {"model": 0.2}
+    assert med["worker/raw"] == 0.1  # of 0.1 / 0.3 / 0.05: each run's own ratio
+    lines = summary_lines({**med, "runs": runs})
+    assert "worker: max 200 events/s (100 / 300 / 200), CPU 90 %, RSS 200 MB" in lines
+    assert "  at 50% (~100/s): p50 1 ms, p99 50 ms (50 / 20 / 90)" in lines
+    assert "  stages, ms per event: model 0.200" in lines
+    assert "worker/raw: 0.100 (0.100 / 0.300 / 0.050)" in lines
 
 
 def test_delete_records_empties_a_topic_and_its_offsets_go_on(broker: str) -> None:
