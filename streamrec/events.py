@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -29,9 +30,59 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 @cache
-def validator(name: str):
-    """A compiled validator for one schema; raises ``JsonSchemaException`` on bad input."""
-    return fastjsonschema.compile(load_schema(name))
+def validator(name: str) -> Callable[[Any], Any]:
+    """A compiled validator for one schema; raises ``JsonSchemaException`` on bad input.
+
+    A top-level ``if {"properties": {F: {"const": V}}} then/else {"required": [...]}``
+    (the event schema's: a search needs a query, any other event an item) is checked
+    after the rest, with fastjsonschema's message: fastjsonschema decides an ``if`` by
+    raising and catching an exception, which for every event but a search was 60 % of
+    validating it (timeit: 4.7 -> 1.6 µs; py-spy had the exception at ~2 % of the
+    worker)."""
+    schema = load_schema(name)
+    split = _required_by_const(schema)
+    if split is None:
+        return fastjsonschema.compile(schema)
+    field, value, then_required, else_required = split
+    check = fastjsonschema.compile(
+        {k: v for k, v in schema.items() if k not in ("if", "then", "else")}
+    )
+
+    def validate(doc: Any) -> Any:
+        check(doc)  # an object from here on
+        # An absent field passes the `if` (it only constrains present properties).
+        required = then_required if doc.get(field, value) == value else else_required
+        missing = set(required) - doc.keys()
+        if missing:
+            raise fastjsonschema.JsonSchemaValueException(
+                f"data must contain {sorted(missing)} properties",
+                value=doc,
+                name="data",
+                rule="required",
+            )
+        return doc
+
+    return validate
+
+
+def _required_by_const(schema: dict[str, Any]) -> tuple[str, str, list, list] | None:
+    """(F, V, then's required, else's required) when the schema's top-level condition
+    has exactly that shape (with a string V), else None: compiled whole."""
+    cond, then, other = schema.get("if"), schema.get("then"), schema.get("else")
+    if not (
+        isinstance(cond, dict)
+        and cond.keys() == {"properties"}
+        and len(cond["properties"]) == 1
+        and isinstance(then, dict)
+        and then.keys() == {"required"}
+        and isinstance(other, dict)
+        and other.keys() == {"required"}
+    ):
+        return None
+    ((field, rule),) = cond["properties"].items()
+    if not (isinstance(rule, dict) and rule.keys() == {"const"} and isinstance(rule["const"], str)):
+        return None
+    return field, rule["const"], then["required"], other["required"]
 
 
 @dataclass(frozen=True, slots=True)

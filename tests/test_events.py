@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import fastjsonschema
 import orjson
 import pytest
 
@@ -135,3 +136,32 @@ def test_catalog_schema_compiles_and_checks() -> None:
     check({"item_id": "i1", "title": "T", "attributes": {"genre": ["a", "b"], "year": 1999}})
     with pytest.raises(Exception, match=r"attributes\.genre"):
         check({"item_id": "i1", "attributes": {"genre": {"nested": 1}}})
+
+
+def _outcome(validate, doc) -> str:
+    try:
+        validate(doc)
+    except fastjsonschema.JsonSchemaException as exc:
+        return f"rejected: {exc.message}"
+    return "valid"
+
+
+def test_the_event_validator_judges_exactly_as_the_whole_schema_compiled() -> None:
+    """The event schema's if/then/else is checked outside fastjsonschema (events.py):
+    every combination of type, item and query gets the same verdict and message."""
+    whole = fastjsonschema.compile(load_schema("event"))
+    split = validator("event")
+    assert split.__name__ == "validate"  # the condition was split off, not compiled
+    docs = []
+    for event_type in (*EVENT_TYPES, "unknown", 5, None, "absent"):
+        for item in ("i1", "", 7, None, "absent"):
+            for query in ("shoes", 3, None, "absent"):
+                doc = {**GOOD, "event_type": event_type, "item_id": item, "query": query}
+                docs.append({k: v for k, v in doc.items() if v != "absent"})
+    docs += [{**GOOD, "extra": 1}, {"event_type": "search"}, {}, [], "x"]
+    outcomes = {(repr(d), _outcome(whole, d)) for d in docs}
+    assert outcomes == {(repr(d), _outcome(split, d)) for d in docs}
+    verdicts = {o for _, o in outcomes}
+    assert "valid" in verdicts
+    assert "rejected: data must contain ['item_id'] properties" in verdicts
+    assert "rejected: data must contain ['query'] properties" in verdicts
