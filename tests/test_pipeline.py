@@ -62,6 +62,36 @@ def test_valid_events_answered_in_order_with_state(ranker: CooccurrenceRanker) -
     assert u1.items == ["i1", "i2"] and result.state_writes["u1"][1].offset == 1
 
 
+class Recording(CooccurrenceRanker):
+    """Notes what each request's state holds when the batch is ranked."""
+
+    seen: list[tuple[str, int, list[str]]]
+
+    def rank_batch(self, requests):
+        self.seen = [(r.user_id, r.state.n_events, r.state.items) for r in requests]
+        return super().rank_batch(requests)
+
+
+def test_each_event_is_ranked_on_its_users_state_as_of_that_event(small_model: Path) -> None:
+    """A user's later events in the batch change the live state (copied only then)."""
+    ranker = Recording(CooccurrenceModel.load(small_model), top_k=SPEC.top_k)
+    values = [
+        event(1, item="i1"),
+        event(2, user="u2", item="i5"),
+        event(3, item="i2"),
+        event(4, item="i3"),
+        event(3, item="i2"),  # redelivered within the batch: changes nothing
+    ]
+    process_batch(records(values), lambda u, r: None, ranker, SPEC)
+    assert ranker.seen == [
+        ("u1", 1, ["i1"]),
+        ("u2", 1, ["i5"]),
+        ("u1", 2, ["i1", "i2"]),
+        ("u1", 3, ["i1", "i2", "i3"]),
+        ("u1", 3, ["i1", "i2", "i3"]),
+    ]
+
+
 def test_invalid_records_dead_lettered_valid_ones_unaffected(ranker: CooccurrenceRanker) -> None:
     values = [b"\xff", event(1), b"{oops", event(2, event_type="nope"), event(3)]
     result = process_batch(records(values), lambda u, r: None, ranker, SPEC)
