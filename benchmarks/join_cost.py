@@ -5,7 +5,8 @@
 Builds a graph (category hierarchy, brand, tags, co-bought edges from generated
 events), the capped index, then times GraphJoin.join for random users with a
 ``--history``-long session and ``--candidates`` model candidates, with and without
-candidate expansion (cold users).
+candidate expansion (cold users). ``--unavailable F`` marks that share of the catalog
+unavailable first (out of stock), as catalog updates do.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import random
 import time
 
+from streamrec.baseline import Recommendation
 from streamrec.graph import GraphIndex, build_graph, summary
 from streamrec.join import GraphJoin, JoinSettings
 from streamrec.state import SessionState
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=20)
     ap.add_argument("--candidates", type=int, default=50)
     ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--unavailable", type=float, default=0.0, help="share of items unavailable")
     args = ap.parse_args()
     rng = random.Random(0)
     n = args.items
@@ -57,6 +60,9 @@ def main() -> None:
         f"graph: {s['n_nodes']:,} nodes, {s['n_edges']:,} edges; build {built:.1f}s, "
         f"index {indexed:.1f}s"
     )
+    index.unavailable.update(f"i{k}" for k in rng.sample(range(n), int(args.unavailable * n)))
+    if index.unavailable:
+        print(f"{len(index.unavailable):,} items unavailable")
     known = {f"i{k}" for k in range(n)}
     join = GraphJoin(index, JoinSettings(top_k=10, short_history=2), known=known)
     states, cands = [], []
@@ -69,7 +75,7 @@ def main() -> None:
         )
         cands.append(
             [
-                {"item_id": f"i{rng.randrange(n)}", "score": 1.0, "reasons": ["m"]}
+                Recommendation(f"i{rng.randrange(n)}", 1.0, ["m"])
                 for _ in range(args.candidates)
             ]
         )

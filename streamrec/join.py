@@ -86,7 +86,9 @@ class GraphJoin:
         history = state.history()
         recent = history[-s.recent :]
         bought = {i for i, t in history if t == "purchase"}
-        blocked = bought | idx.unavailable
+        # Not merged into one set per event: a shop's unavailable items can be thousands
+        # (10 % of 20,000 cost 57 µs a warm event, 300 a cold one; join_cost.py).
+        unavailable = idx.unavailable
         cold_item = bool(recent) and recent[-1][0] not in self.known
         known_items = 0  # counted only as far as the test below needs
         for i, _ in history:
@@ -97,16 +99,20 @@ class GraphJoin:
         if known_items <= s.short_history or cold_item:
             # Nothing the model knows (or the latest item is new to it): the model's list
             # is popularity, and the graph leads. Otherwise the model leads.
-            graph = self._expand(recent, {i for i, _ in history} | blocked)
+            graph = self._expand(recent, history, unavailable)
             # With nothing from the graph the blend would keep the model's order: skip
             # it, and the model's candidates stay lazy (making all of them for a third
             # of the events, to blend them with nothing, was ~1/4 of the join without a
             # graph; line_profiler).
             if graph:
                 graph_leads = known_items == 0 or cold_item
-                model = [c for c in candidates if c.item_id not in blocked]
+                model = [
+                    c
+                    for c in candidates
+                    if c.item_id not in bought and c.item_id not in unavailable
+                ]
                 candidates = self._blend(model, graph, graph_leads)
-        chosen = self._diversify(candidates, blocked)
+        chosen = self._diversify(candidates, bought, unavailable)
         if explain is not None:
             explain(state, chosen)
         return self._explain(chosen, recent, self._recent_targets(recent))
@@ -124,10 +130,12 @@ class GraphJoin:
             out.update(dict.fromkeys(links.get(h, ()), (age, h)))
         return out
 
-    def _expand(self, recent: list[tuple[str, str]], exclude: set[str]) -> list[tuple[str, float]]:
+    def _expand(
+        self, recent: list[tuple[str, str]], history: list[tuple[str, str]], unavailable: set[str]
+    ) -> list[tuple[str, float]]:
         """Graph candidates for a short or cold history, best first, as (item, score):
         the items sharing values with, or co-chosen with, the recent items, weighted by
-        relation and recency."""
+        relation and recency; none the user has had or that is unavailable."""
         if not recent:
             return []
         # The latest item's scores (age 0) are the same for every event: copied in C
@@ -146,11 +154,23 @@ class GraphJoin:
         scores = latest.copy()
         for age in range(1, len(recent)):
             self._add_expansion(scores, recent[-1 - age][0], 0.7**age)
-        for item in exclude:
+        for item, _ in history:
             scores.pop(item, None)
         # The same as heapq.nlargest (ties in insertion order), but for the ~100-1,000
         # scores of an expansion one C-level sort is faster than its heap (timeit: 0.7x).
-        return sorted(scores.items(), key=itemgetter(1), reverse=True)[: 5 * self.s.top_k]
+        ranked = sorted(scores.items(), key=itemgetter(1), reverse=True)
+        wanted = 5 * self.s.top_k
+        if not unavailable:
+            return ranked[:wanted]
+        # Skipped after the (stable) sort: the same list as removing them first, without
+        # a pass over every unavailable item per event.
+        out: list[tuple[str, float]] = []
+        for pair in ranked:
+            if pair[0] not in unavailable:
+                out.append(pair)
+                if len(out) == wanted:
+                    break
+        return out
 
     def _add_expansion(
         self, scores: defaultdict[str, float], item: str, decay: float
@@ -229,10 +249,10 @@ class GraphJoin:
         return found
 
     def _diversify(
-        self, ranked: Iterable[Recommendation], blocked: set[str]
+        self, ranked: Iterable[Recommendation], bought: set[str], unavailable: set[str]
     ) -> list[Recommendation]:
-        """The first ``top_k`` not blocked, at most ``max_per_value`` per primary value;
-        reads ``ranked`` only as far as it must."""
+        """The first ``top_k`` neither bought nor unavailable, at most ``max_per_value``
+        per primary value; reads ``ranked`` only as far as it must."""
         top_k, cap = self.s.top_k, self.s.max_per_value
         primary = self._primary_cache
         out: list[Recommendation] = []
@@ -240,7 +260,7 @@ class GraphJoin:
         per_value: dict[str | None, int] = {}
         for c in ranked:
             item = c.item_id
-            if item in blocked:
+            if item in bought or item in unavailable:
                 continue
             value = primary.get(item, _UNKNOWN)
             if value is _UNKNOWN:

@@ -140,7 +140,7 @@ def test_join_reads_candidates_only_as_far_as_it_keeps(index: GraphIndex) -> Non
     # The same as blending the model's whole list with nothing, as the join did before.
     model = [Recommendation(i, 1.0, ["model"]) for i in order if i != "4"]
     recent = state.history()[-short.s.recent :]
-    blended = short._diversify(short._blend(model, [], graph_leads=True), {"4"})
+    blended = short._diversify(short._blend(model, [], graph_leads=True), {"4"}, set())
     assert out == short._explain(blended, recent, short._recent_targets(recent))
 
 
@@ -215,9 +215,9 @@ def test_latest_items_expansion_is_cached_per_graph_generation(
         return walk(scores, item, decay)
 
     monkeypatch.setattr(join, "_add_expansion", counted)
-    first = join._expand([("3", "view")], set())
-    assert join._expand([("3", "view")], set()) == first
-    older_too = join._expand([("1", "view"), ("3", "view")], set())
+    first = join._expand([("3", "view")], [], set())
+    assert join._expand([("3", "view")], [], set()) == first
+    older_too = join._expand([("1", "view"), ("3", "view")], [], set())
     assert walked == ["3", "1"]  # "3", the latest item each time, was walked once
     # The cached scores are the ones an uncached walk adds, in the same order.
     uncached: defaultdict[str, float] = defaultdict(float)
@@ -230,8 +230,8 @@ def test_latest_items_expansion_is_cached_per_graph_generation(
     )
     out = join.join(SessionState(entries=[view("3", "view")], n_events=1), [])
     assert "9" in [c["item_id"] for c in out] and "9" not in dict(first)
-    updated = join._expand([("3", "view")], set())
-    assert updated == GraphJoin(index, JoinSettings(top_k=3))._expand([("3", "view")], set())
+    updated = join._expand([("3", "view")], [], set())
+    assert updated == GraphJoin(index, JoinSettings(top_k=3))._expand([("3", "view")], [], set())
 
 
 def test_expansion_cache_is_bounded_and_changes_no_answer(
@@ -243,7 +243,7 @@ def test_expansion_cache_is_bounded_and_changes_no_answer(
     for _ in range(2):
         for item in CATALOG_IDS:
             recent = [("1", "view"), (item, "view")]
-            assert join._expand(recent, set()) == unbounded._expand(recent, set())
+            assert join._expand(recent, [], set()) == unbounded._expand(recent, [], set())
             assert join._expand_cached == sum(map(len, join._expand_cache.values())) <= 3
     assert len(join._expand_cache) == 1  # cleared whenever the next item would not fit
 
@@ -372,3 +372,21 @@ def test_catalog_updates_change_the_next_recommendations(
     finally:
         assert stop_process(worker) == 0
         recs.close()
+
+
+def test_expansion_leaves_out_the_users_items_and_unavailable_ones() -> None:
+    """Unavailable items are skipped after the sort, not removed one by one per event (a
+    shop may have thousands): the same list as removing them, cut at 5 x top_k."""
+    catalog = [
+        {"item_id": f"m{n}", "title": f"M{n}", "attributes": {"genre": [f"g{n % 3}", "all"]}}
+        for n in range(40)
+    ]
+    index = GraphIndex.from_graph(build_graph(catalog), "many")
+    recent = [("m1", "view"), ("m4", "purchase")]
+    everything = GraphJoin(index, JoinSettings(top_k=100))._expand(recent, [], set())
+    assert len(everything) > 20
+    unavailable = {everything[0][0], everything[3][0], everything[7][0]}
+    history = [("m9", "view"), *recent]
+    got = GraphJoin(index, JoinSettings(top_k=2))._expand(recent, history, unavailable)
+    seen = {"m9", "m1", "m4"}
+    assert got == [p for p in everything if p[0] not in unavailable | seen][:10]
