@@ -74,10 +74,7 @@ def main() -> None:
             )
         )
         cands.append(
-            [
-                Recommendation(f"i{rng.randrange(n)}", 1.0, ["m"])
-                for _ in range(args.candidates)
-            ]
+            [Recommendation(f"i{rng.randrange(n)}", 1.0, ["m"]) for _ in range(args.candidates)]
         )
     for label, sts in (
         ("warm users", states),

@@ -3,9 +3,11 @@
     python benchmarks/ort_latency.py --model models/CURRENT-or-version [--batches 1 64 1024]
 
 Times exactly the call the worker makes once per batch (``SequentialModel.run``): B users,
-each with a cached hidden state and one new event, ``--exclude`` seen items masked, top-K
-inside the graph. Host↔device copies are included, as the worker pays them. Prints
-p50/p99 ms per batch and events/s per provider; ``--json`` writes the figures.
+each with a cached hidden state and one new event, ``--exclude`` seen items masked, the
+top ``--k`` inside the graph (the worker asks for its join's ``candidates``, 30; a model
+exported before K was an input gives its own K, 100, whatever is asked). Host↔device
+copies are included, as the worker pays them. Prints p50/p99 ms per batch and events/s
+per provider; ``--json`` writes the figures.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ def inputs(model: SequentialModel, batch: int, exclude: int, rng: np.random.Gene
     return items, h0, gather, seen
 
 
-def time_batches(model: SequentialModel, args: tuple, repeat: int, warmup: int) -> list[float]:
+def time_batches(
+    model: SequentialModel, args: tuple, repeat: int, warmup: int, k: int
+) -> list[float]:
     for _ in range(warmup):
-        model.run(*args)
+        model.run(*args, k=k)
     out = []
     for _ in range(repeat):
         t = time.perf_counter()
-        model.run(*args)
+        model.run(*args, k=k)
         out.append((time.perf_counter() - t) * 1000)
     return out
 
@@ -47,6 +51,7 @@ def main() -> None:
     ap.add_argument("--devices", nargs="+", default=["cuda", "cpu"])
     ap.add_argument("--threads", type=int, default=1, help="CPU provider threads (worker: 1)")
     ap.add_argument("--exclude", type=int, default=50, help="seen items masked per user")
+    ap.add_argument("--k", type=int, default=30, help="top items per answer (worker: 30)")
     ap.add_argument("--repeat", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--json", type=Path)
@@ -64,13 +69,14 @@ def main() -> None:
             args = inputs(model, batch, a.exclude, rng)
             # Large batches on one CPU thread are slow; fewer repeats keep the run short.
             repeat = a.repeat if device != "cpu" or batch <= 64 else max(10, a.repeat // 10)
-            ms = time_batches(model, args, repeat, min(a.warmup, repeat))
+            ms = time_batches(model, args, repeat, min(a.warmup, repeat), a.k)
             p50, p99 = np.percentile(ms, [50, 99])
             row = {
                 "device": device,
                 "provider": model.providers[0],
                 "items": len(model.items),
                 "batch": batch,
+                "k": a.k if model.takes_k else model.k,
                 "p50_ms": round(float(p50), 3),
                 "p99_ms": round(float(p99), 3),
                 "events_per_s": round(batch / (float(p50) / 1000)),

@@ -176,7 +176,9 @@ class SequentialRanker(CandidateRanker):
             exclude = np.zeros((len(modelled), max(1, *(len(s) for s in seen))), np.int64)
             for r, s in enumerate(seen):
                 exclude[r, : len(s)] = s
-            states, scores, top = model.run(items, np.stack(h0s), gather, exclude)
+            # Only the top_k it reads (sorted, -inf last: a row with fewer valid ones
+            # has no more past them); TopK's cost grows with k (model/train.py).
+            states, scores, top = model.run(items, np.stack(h0s), gather, exclude, self.top_k)
             # To lists once per batch (row by row was numpy's per-call overhead), and only
             # the first top_k columns of the model's K (100): _ranked reads further only in
             # rows where one of them is padding or masked, which get their whole row.

@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -95,6 +96,61 @@ def test_export_is_verified_against_torch(models_root: Path, tmp_path: Path) -> 
         SequentialModel(out)  # metadata still carries the old hash
 
 
+def test_the_model_gives_as_many_top_items_as_asked(models_root: Path) -> None:
+    """K is an input of the exported graph (TopK's cost grows with it): the first k of
+    a larger K are the same items and scores."""
+    model = SequentialModel(v(models_root, 1))
+    assert model.takes_k and model.k == 100
+    rows = [[10, 11, 12], [57, 58, 0]]
+    args = (np.array(rows), np.zeros((2, model.dim), np.float32), np.array([3, 6]))
+    exclude = np.array([[10, 11, 12], [57, 58, 0]])
+    _, scores, top = model.run(*args, exclude)
+    _, few_scores, few = model.run(*args, exclude, k=7)
+    assert top.shape == (2, 100) and few.shape == (2, 7)
+    assert np.array_equal(few, top[:, :7]) and np.array_equal(few_scores, scores[:, :7])
+    assert model.run(*args, exclude, k=500)[2].shape == (2, 100)  # at most the model's K
+
+
+def old_style_copy(version: Path, dest: Path) -> Path:
+    """``version`` as exported before K was an input: TopK's K a constant again."""
+    import hashlib
+    import json
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    shutil.copytree(version, dest)
+    model = onnx.load(str(dest / "model.onnx"))
+    graph = model.graph
+    (k_input,) = [i for i in graph.input if i.name == "k"]
+    (k_init,) = [i for i in graph.initializer if i.name == "k"]
+    value = numpy_helper.to_array(k_init)
+    graph.input.remove(k_input)
+    graph.initializer.remove(k_init)
+    graph.node.insert(
+        0, helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(value))
+    )
+    onnx.save(model, str(dest / "model.onnx"))
+    meta = json.loads((dest / "metadata.json").read_text())
+    meta["onnx_sha256"] = hashlib.sha256((dest / "model.onnx").read_bytes()).hexdigest()
+    (dest / "metadata.json").write_text(json.dumps(meta))
+    return dest
+
+
+def test_a_model_exported_before_k_was_an_input_is_served_alike(
+    models_root: Path, tmp_path: Path
+) -> None:
+    new = load_ranker(v(models_root, 1), top_k=5)
+    old = load_ranker(old_style_copy(v(models_root, 1).resolve(), tmp_path / "old"), top_k=5)
+    assert isinstance(new, SequentialRanker) and isinstance(old, SequentialRanker)
+    assert new.model.takes_k and not old.model.takes_k
+    values = [*events_for("u1", ["i10", "i11", "i12"]), *events_for("u2", ["i57"])]
+    items = lambda ranker: [doc["items"] for doc in answer(ranker, {}, values, 0)]  # noqa: E731
+    assert items(old) == items(new)
+    arrays = (np.array([[10]]), np.zeros((1, old.model.dim), np.float32), np.array([1]))
+    assert old.model.run(*arrays, np.array([[10]]), k=5)[2].shape == (1, 100)
+
+
 def answer(ranker, store: dict[str, bytes], values: list[bytes], start: int) -> list[dict]:
     recs = [
         Record(orjson.loads(x)["user_id"].encode(), x, "events", 0, start + n)
@@ -163,15 +219,16 @@ def test_the_join_reads_the_models_candidates_only_as_far_as_it_keeps(
 def test_masked_or_padding_entries_among_the_first_k_are_skipped(
     models_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only the first top_k of the model's K columns are read, except in rows where
+    """A model that gives more than top_k columns (one exported before its K was an
+    input gives its own K, 100): only the first top_k are read, except in rows where
     one of them is masked (-inf) or padding (0): those read on, as far as needed."""
     ranker = load_ranker(models_root, top_k=3)
     assert isinstance(ranker, SequentialRanker)
     real_run = ranker.model.run
     seen: dict[str, list] = {}
 
-    def run(*arrays):
-        states, scores, top = real_run(*arrays)
+    def run(items, h0, gather, exclude, k=None):
+        states, scores, top = real_run(items, h0, gather, exclude)  # all K columns
         scores[0, 1] = float("-inf")  # masked
         top[0, 2] = 0  # padding
         seen.update(scores=scores[0].tolist(), top=top[0].tolist())

@@ -99,6 +99,8 @@ class SequentialModel:
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{onnx_path}: onnxruntime cannot load it: {exc}") from None
+        # Models exported since 2026-12-03 take the top-K as input "k" (train.py).
+        self.takes_k = any(i.name == "k" for i in self.session.get_overridable_initializers())
         self.providers = self.session.get_providers()
         if self.providers[0] != wanted[0]:
             # onnxruntime falls back to the CPU silently when the CUDA provider cannot load.
@@ -114,18 +116,25 @@ class SequentialModel:
         return self.index.get(item, 0) if item is not None else 0
 
     def run(
-        self, items: np.ndarray, h0: np.ndarray, gather: np.ndarray, exclude: np.ndarray
+        self,
+        items: np.ndarray,
+        h0: np.ndarray,
+        gather: np.ndarray,
+        exclude: np.ndarray,
+        k: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One inference call: see network.ServeGraph for the meaning of each array."""
-        states, scores, top = self.session.run(
-            None,
-            {
-                "items": items.astype(np.int64, copy=False),
-                "h0": h0.astype(np.float32, copy=False),
-                "gather": gather.astype(np.int64, copy=False),
-                "exclude": exclude.astype(np.int64, copy=False),
-            },
-        )
+        """One inference call: see network.ServeGraph for the meaning of each array.
+        ``k``: the top items wanted per answer, at most the model's ``k`` (fewer cost
+        less; a model exported before "k" was an input always gives its own ``k``)."""
+        feed = {
+            "items": items.astype(np.int64, copy=False),
+            "h0": h0.astype(np.float32, copy=False),
+            "gather": gather.astype(np.int64, copy=False),
+            "exclude": exclude.astype(np.int64, copy=False),
+        }
+        if k is not None and self.takes_k:
+            feed["k"] = np.array([max(1, min(k, self.k))], np.int64)
+        states, scores, top = self.session.run(None, feed)
         return states, scores, top
 
     def recommend_histories(self, histories: list[list[str]], k: int = 20) -> list[list[str]]:
@@ -143,5 +152,5 @@ class SequentialModel:
         for row, h in enumerate(idx):
             seen = sorted(set(h))
             exclude[row, : len(seen)] = seen
-        _, _, top = self.run(items, np.zeros((b, self.dim), np.float32), gather, exclude)
+        _, _, top = self.run(items, np.zeros((b, self.dim), np.float32), gather, exclude, k)
         return [[self.items[j - 1] for j in row[:k] if j > 0] for row in top]
