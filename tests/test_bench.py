@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from streamrec.bench import (
     BenchConfig,
     BenchError,
+    max_rate,
     median_of_runs,
     produce_paced,
     read_ready,
@@ -126,6 +127,12 @@ def test_the_medians_of_several_runs_are_taken_figure_by_figure() -> None:
     assert "  at 50% (~100/s): p50 1 ms, p99 50 ms (50 / 20 / 90)" in lines
     assert "  stages, ms per event: model 0.200" in lines
     assert "worker/raw: 0.100 (0.100 / 0.300 / 0.050)" in lines
+
+
+def test_a_backlog_answered_within_a_millisecond_has_a_finite_rate() -> None:
+    assert max_rate(300, [1000] * 300) == (300_000.0, True)  # was infinite: a crash
+    assert max_rate(300, [1000, 1003]) == (100_000.0, True)
+    assert max_rate(60_000, [0, 500, 1000]) == (60_000.0, False)
 
 
 def test_delete_records_empties_a_topic_and_its_offsets_go_on(broker: str) -> None:
