@@ -111,6 +111,24 @@ def test_the_model_gives_as_many_top_items_as_asked(models_root: Path) -> None:
     assert model.run(*args, exclude, k=500)[2].shape == (2, 100)  # at most the model's K
 
 
+def test_each_answer_masks_the_items_of_its_window(models_root: Path) -> None:
+    ranker = load_ranker(models_root)
+    assert isinstance(ranker, SequentialRanker)
+    index = ranker.model.index
+    windows = [["i10", "i11", "i10", "nope"], [], ["i57"]]
+    states = [
+        SessionState(entries=[[i, "view", n, f"e{n}"] for n, i in enumerate(w)]) for w in windows
+    ]
+    states[2].entries.insert(0, [None, "search", 0, "s0"])  # a search has no item
+    exclude = ranker._excluded(states)
+    assert exclude.shape == (3, 4) and exclude.dtype == np.int64
+    assert exclude.tolist() == [
+        [index["i10"], index["i11"], index["i10"], 0],  # unknown: padding, masked anyway
+        [0, 0, 0, 0],
+        [index["i57"], 0, 0, 0],
+    ]
+
+
 def old_style_copy(version: Path, dest: Path) -> Path:
     """``version`` as exported before K was an input: TopK's K a constant again."""
     import hashlib
