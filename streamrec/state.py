@@ -55,9 +55,6 @@ class SessionState:
             self._history = [(e[0], e[1]) for e in self.entries if e[0] is not None]
         return self._history
 
-    def seen(self) -> set[str]:
-        return {item for item, _ in self.history()}
-
     def already_applied(self, event: Event, partition: int, offset: int) -> bool:
         if partition == self.partition and offset <= self.offset:
             return True
