@@ -30,16 +30,15 @@ from streamrec.topology import TopicSpec
 pytestmark = pytest.mark.broker
 
 
+def small_bench(broker: str, workdir: Path, **changes: object) -> BenchConfig:
+    """A bench small enough for a test, on the tests' broker."""
+    options: dict = dict(events=600, users=100, items=300, load_seconds=1.0)
+    return BenchConfig(workdir=workdir, bootstrap=broker, **{**options, **changes})
+
+
 def test_bench_smoke(broker: str, tmp_path: Path) -> None:
-    cfg = BenchConfig(
-        events=600,
-        users=100,
-        items=300,
-        load_seconds=1.0,
-        workdir=tmp_path,
-        bootstrap=broker,
-        systems=("raw", "faust", "worker"),  # all three: (b) once hung with linger_ms 0
-    )
+    # All three systems: (b) once hung with linger_ms 0.
+    cfg = small_bench(broker, tmp_path, systems=("raw", "faust", "worker"))
     lines: list[str] = []
     before = set(list_topics(broker))
     result = run_bench(cfg, progress=lines.append)
@@ -74,16 +73,7 @@ def test_bench_smoke(broker: str, tmp_path: Path) -> None:
 def test_bench_runs_several_times_on_one_broker_and_saves_the_medians(
     broker: str, tmp_path: Path
 ) -> None:
-    cfg = BenchConfig(
-        events=300,
-        users=50,
-        items=100,
-        load_seconds=0.5,
-        workdir=tmp_path,
-        bootstrap=broker,
-        systems=("raw",),
-        runs=2,
-    )
+    cfg = small_bench(broker, tmp_path, events=300, load_seconds=0.5, systems=("raw",), runs=2)
     lines: list[str] = []
     result = run_bench(cfg, progress=lines.append)
     saved = json.loads((tmp_path / "bench.json").read_text())
