@@ -708,7 +708,7 @@ def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """The medians of a several-run bench, each with every run's figure in brackets
+    """The medians of a several-run bench, each with every run's figure in parentheses
     (the way to quote them: a median and its spread)."""
     runs = result["runs"]
 
