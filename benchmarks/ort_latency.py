@@ -76,7 +76,7 @@ def main() -> None:
                 "provider": model.providers[0],
                 "items": len(model.items),
                 "batch": batch,
-                "k": a.k if model.takes_k else model.k,
+                "k": model.top_count(a.k),
                 "p50_ms": round(float(p50), 3),
                 "p99_ms": round(float(p99), 3),
                 "events_per_s": round(batch / (float(p50) / 1000)),

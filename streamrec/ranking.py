@@ -177,8 +177,9 @@ class SequentialRanker(CandidateRanker):
             # has no more past them); TopK's cost grows with k (model/train.py).
             states, scores, top = model.run(items, np.stack(h0s), gather, exclude, self.top_k)
             # To lists once per batch (row by row was numpy's per-call overhead), and only
-            # the first top_k columns of the model's K (100): _ranked reads further only in
-            # rows where one of them is padding or masked, which get their whole row.
+            # the first top_k columns (all there are, but for a model exported before K
+            # was an input: 100): _ranked reads further only in rows where one of them
+            # is padding or masked, which get their whole row.
             head_s, head_t = scores[:, : self.top_k], top[:, : self.top_k]
             rows_s, rows_t = head_s.tolist(), head_t.tolist()
             short = ~(np.isfinite(head_s) & (head_t > 0)).all(axis=1)

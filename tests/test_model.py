@@ -15,7 +15,7 @@ from streamrec.datasets import generate_log, write_jsonl
 from streamrec.evaluate import evaluate_offline
 from streamrec.graph import GraphIndex
 from streamrec.join import GraphJoin, JoinSettings
-from streamrec.model.runtime import ModelError, SequentialModel
+from streamrec.model.runtime import ModelError, SequentialModel, file_sha256
 from streamrec.pipeline import Record, process_batch
 from streamrec.ranking import (
     CooccurrenceRanker,
@@ -109,6 +109,7 @@ def test_the_model_gives_as_many_top_items_as_asked(models_root: Path) -> None:
     assert top.shape == (2, 100) and few.shape == (2, 7)
     assert np.array_equal(few, top[:, :7]) and np.array_equal(few_scores, scores[:, :7])
     assert model.run(*args, exclude, k=500)[2].shape == (2, 100)  # at most the model's K
+    assert [model.top_count(k) for k in (7, 500, None)] == [7, 100, 100]
 
 
 def test_each_answer_masks_the_items_of_its_window(models_root: Path) -> None:
@@ -131,7 +132,6 @@ def test_each_answer_masks_the_items_of_its_window(models_root: Path) -> None:
 
 def old_style_copy(version: Path, dest: Path) -> Path:
     """``version`` as exported before K was an input: TopK's K a constant again."""
-    import hashlib
     import json
 
     import onnx
@@ -150,7 +150,7 @@ def old_style_copy(version: Path, dest: Path) -> Path:
     )
     onnx.save(model, str(dest / "model.onnx"))
     meta = json.loads((dest / "metadata.json").read_text())
-    meta["onnx_sha256"] = hashlib.sha256((dest / "model.onnx").read_bytes()).hexdigest()
+    meta["onnx_sha256"] = file_sha256(dest / "model.onnx")
     (dest / "metadata.json").write_text(json.dumps(meta))
     return dest
 
@@ -167,6 +167,7 @@ def test_a_model_exported_before_k_was_an_input_is_served_alike(
     assert items(old) == items(new)
     arrays = (np.array([[10]]), np.zeros((1, old.model.dim), np.float32), np.array([1]))
     assert old.model.run(*arrays, np.array([[10]]), k=5)[2].shape == (1, 100)
+    assert old.model.top_count(5) == 100
 
 
 def answer(ranker, store: dict[str, bytes], values: list[bytes], start: int) -> list[dict]:

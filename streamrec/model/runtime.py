@@ -133,9 +133,13 @@ class SequentialModel:
             "exclude": exclude.astype(np.int64, copy=False),
         }
         if k is not None and self.takes_k:
-            feed["k"] = np.array([max(1, min(k, self.k))], np.int64)
+            feed["k"] = np.array([self.top_count(k)], np.int64)
         states, scores, top = self.session.run(None, feed)
         return states, scores, top
+
+    def top_count(self, k: int | None) -> int:
+        """How many top items :meth:`run` gives per answer when asked for ``k``."""
+        return max(1, min(k, self.k)) if k is not None and self.takes_k else self.k
 
     def recommend_histories(self, histories: list[list[str]], k: int = 20) -> list[list[str]]:
         """Offline use: each full history from a zero state, seen items masked."""
