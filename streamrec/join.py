@@ -199,18 +199,24 @@ class GraphJoin:
         made as the join reads them (making all 50 was ~40 % of the expansion)."""
         w = self.s.graph_weight
         graph_w, model_w = (1.0, w) if graph_leads else (w, 1.0)
-        # item -> [points, the model's candidate (None: the graph's), the graph's score]
-        merged: dict[str, list] = {
-            item: [graph_w / rank, None, score] for rank, (item, score) in enumerate(graph, 1)
-        }
+        # item -> points, the graph's first; the model's own candidates kept by item. Flat
+        # dicts and a sort keyed by a dict's lookup, not a [points, candidate, score] list
+        # per item and a lambda (timeit, the 12 first of 50 graph and 30 model items: 0.8x).
+        points = {item: graph_w / rank for rank, (item, _) in enumerate(graph, 1)}
+        model_only: dict[str, Recommendation] = {}
         for rank, c in enumerate(model, 1):
-            entry = merged.get(c.item_id)
-            if entry is None:
-                merged[c.item_id] = [model_w / rank, c, 0.0]
+            item = c.item_id
+            p = points.get(item)
+            if p is None:
+                points[item] = model_w / rank
+                model_only[item] = c
             else:
-                entry[0] += model_w / rank
-        for item, (_, c, score) in sorted(merged.items(), key=lambda x: -x[1][0]):
-            yield c if c is not None else Recommendation(item, round(score, 4), [])
+                points[item] = p + model_w / rank
+        graph_score = dict(graph)
+        # Descending and stable (ties in first-seen order), as sorting by -points is.
+        for item in sorted(points, key=points.__getitem__, reverse=True):
+            c = model_only.get(item)
+            yield c if c is not None else Recommendation(item, round(graph_score[item], 4), [])
 
     def _check_generation(self) -> None:
         """Catalog updates change links and value degrees: drop what was derived."""
