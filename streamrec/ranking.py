@@ -221,22 +221,26 @@ class SequentialRanker(CandidateRanker):
     def _ranked(self, scores: list[float], top: list[int]) -> Iterator[Recommendation]:
         """The model's top items, made as the join reads them (it keeps ~top_k of the
         ``candidates``; making all of them was ~1/4 of this ranker's Python time,
-        line_profiler); reasons are left for :meth:`explain`."""
+        line_profiler); reasons, and rounding the score, are left for :meth:`explain`."""
         names, left = self.model.items, self.top_k
         for s, j in zip(scores, top, strict=True):
             if j <= 0 or not math.isfinite(s):
                 continue
-            yield Recommendation(names[j - 1], round(s, 4), None)
+            yield Recommendation(names[j - 1], s, None)
             left -= 1
             if not left:
                 return
 
     def explain(self, state: SessionState, chosen: list[Recommendation]) -> None:
         """Reasons from what the user did: the strongest co-occurrence link to a recent
-        item when there is one, else the recent sequence the model continued."""
+        item when there is one, else the recent sequence the model continued. Scores are
+        rounded here, for the items shown only: ``round(x, 4)`` takes ~0.35 µs, and the
+        join reads ~18 candidates per event on average to show 10."""
         pending = [r for r in chosen if r.reasons is None]
         if not pending:
             return
+        for rec in pending:
+            rec.score = round(rec.score, 4)
         recent = state.history()[-5:]
         titles, fb = self.titles, self.fallback.model
         sequence: list[str] = []

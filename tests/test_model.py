@@ -263,7 +263,13 @@ def test_masked_or_padding_entries_among_the_first_k_are_skipped(
     (first, second), _ = ranker.candidates(requests)
     first, names = list(first), ranker.model.items
     assert [c.item_id for c in first] == [names[seen["top"][j] - 1] for j in (0, 3, 4)]
-    assert [c.score for c in first] == [round(seen["scores"][j], 4) for j in (0, 3, 4)]
+    # The model's own scores; explaining the shown items rounds theirs.
+    assert [c.score for c in first] == [seen["scores"][j] for j in (0, 3, 4)]
+    ranker.explain(requests[0].state, first[:2])
+    assert [c.score for c in first] == [
+        *(round(seen["scores"][j], 4) for j in (0, 3)),
+        seen["scores"][4],
+    ]
     assert len(list(second)) == 3
 
 
