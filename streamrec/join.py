@@ -36,10 +36,10 @@ _EXPAND_CACHE_SCORES = 1_000_000
 _UNKNOWN = object()  # not in the primary-value cache yet (None is a cached answer)
 
 
-# What explaining an item reads, in one record (one lookup per candidate instead of one
-# per table: each misses the CPU cache): its explainable links, {target: (relation
-# weight, specificity, reason text, value name)}; the largest weight one of them can
-# have; its co-bought/co-consumed items, {item: relation}; its title.
+# What explaining an item reads, in one record: one lookup per candidate instead of four,
+# each of which mostly waited for memory (HISTORY.md, session 17). Its explainable links,
+# {target: (relation weight, specificity, reason text, value name)}; the largest weight
+# one of them can have; its co-bought/co-consumed items, {item: relation}; its title.
 Explainable = tuple[dict[str, tuple[float, float, str, str]], float, dict[str, str], str | None]
 
 
