@@ -13,7 +13,7 @@ import pytest
 
 from streamrec.datasets import generate_log, write_jsonl
 from streamrec.evaluate import evaluate_offline
-from streamrec.graph import GraphIndex
+from streamrec.graph import GraphIndex, build_graph
 from streamrec.join import GraphJoin, JoinSettings
 from streamrec.model.runtime import ModelError, SequentialModel, file_sha256
 from streamrec.pipeline import Record, process_batch
@@ -233,6 +233,36 @@ def test_the_join_reads_the_models_candidates_only_as_far_as_it_keeps(
     (joined,) = GraphRanker(ranker, join).rank_batch([req]).items
     assert made == [i["item_id"] for i in everything[:3]]
     assert [i["item_id"] for i in joined] == made
+
+
+def test_shown_scores_are_rounded_on_every_path(models_root: Path) -> None:
+    """The GRU's candidates carry raw scores and are rounded when explained (shown):
+    the plain ranker, the join, and a short history's blend with the graph all give
+    4-decimal scores. (Without the rounding in ``explain`` this fails.)"""
+    ranker = load_ranker(models_root, top_k=30)
+    assert isinstance(ranker, SequentialRanker)
+    events, catalog = generate_log(users=300, items=200, events_per_user=20, seed=21)
+    rows = [(e["user_id"], e["item_id"], e["event_type"], e["timestamp"]) for e in events]
+    index = GraphIndex.from_graph(build_graph(catalog, events=rows))
+    join = GraphJoin(index, JoinSettings(top_k=10), known=set(ranker.model.items))
+    long = [[f"i{n}", "view", n, f"e{n}"] for n in (10, 11, 12, 13, 14)]
+    requests = [
+        RankRequest("long", SessionState(entries=long, n_events=5)),
+        RankRequest("short", SessionState(entries=long[:1], n_events=1)),  # blended
+    ]
+    answers = [
+        ranker.rank_batch(requests).items,
+        GraphRanker(ranker, join).rank_batch(requests).items,
+    ]
+    assert [len(items) for answer in answers for items in answer] == [30, 30, 10, 10]
+    for items in (i for answer in answers for i in answer):
+        assert all(i["score"] == round(i["score"], 4) for i in items)
+        assert all(i["reasons"] for i in items)
+    # Both join paths ran: a long history keeps the model's order; a short one's blend
+    # brings the graph's own candidates in.
+    first = lambda items: [i["item_id"] for i in items[:10]]  # noqa: E731
+    assert first(answers[1][0]) == first(answers[0][0])  # the model leads, nothing to cut
+    assert set(first(answers[1][1])) - set(first(answers[0][1]))
 
 
 def test_masked_or_padding_entries_among_the_first_k_are_skipped(
