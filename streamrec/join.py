@@ -230,10 +230,7 @@ class GraphJoin:
     def _explainable(self, item: str) -> Explainable:
         """The item's links that can give a reason, with what weighing them needs; the
         largest weight any of them can reach (relation weight x specificity); its co-links
-        and its title."""
-        found = self._explain_cache.get(item)
-        if found is not None:
-            return found
+        and its title. Made and cached on a miss (``_explain`` looks in the cache first)."""
         idx = self.index
         links = {
             target: (RELATION_WEIGHT[rel], idx.specificity(target), text, target.split(":", 2)[-1])
