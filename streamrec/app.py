@@ -40,7 +40,7 @@ from .graph import GraphIndex, apply_catalog_update, load_index
 from .intake import BatchConsumer, Intake, still_assigned
 from .join import GraphJoin, JoinSettings
 from .offsets import Hole, OffsetGuard, first_offset_from
-from .pipeline import Record, dead_letter_for, process_batch
+from .pipeline import Consumed, Record, dead_letter_for, process_batch
 from .ranking import CandidateRanker, GraphRanker, ModelWatcher, Ranker, known_items
 from .sink import SessionTable, by_key
 from .topology import Topology
@@ -154,14 +154,14 @@ def create_app(settings: WorkerSettings) -> faust.App:
 
     table = SessionTable(sessions)
 
-    def load_state(user_id: str, rec: Record) -> bytes | None:
+    def load_state(user_id: str, rec: Consumed) -> bytes | None:
         # A user's state lives in the partition of their events (events are keyed by
         # user_id; others are re-keyed first), so the record says where to look.
         return table.get(user_id.encode(), rec.partition)
 
     tune_gc()
 
-    async def answer(records: list[Record], ranker: Ranker) -> None:
+    async def answer(records: list[Consumed], ranker: Ranker) -> None:
         """One batch: rank, write state, send it all (``deliveries`` sees it delivered)."""
         t0 = time.perf_counter()
         result = process_batch(records, load_state, ranker, spec)
@@ -278,7 +278,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         """The agent: one batch at a time, in order per partition, answered once."""
         serving = models.ranker
 
-        async def one(batch: list[Record]) -> None:
+        async def one(batch: list[Consumed]) -> None:
             nonlocal serving
             intake.begin()  # a rebalance now waits for this batch (intake.py)
             admitted = guard.admit(batch)
@@ -340,8 +340,8 @@ def essential(app: faust.App):
 
 async def retry_until_done(
     attempt,
-    records: list[Record],
-    owned: Callable[[list[Record]], bool] = lambda records: True,
+    records: list[Consumed],
+    owned: Callable[[list[Consumed]], bool] = lambda records: True,
     first_wait: float = 0.5,
     max_wait: float = 30.0,
 ) -> bool:
@@ -377,7 +377,7 @@ async def retry_until_done(
             await backoff.retry()
 
 
-def offset_ranges(records: list[Record]) -> str:
+def offset_ranges(records: list[Consumed]) -> str:
     """'p0 10-14,17 p3 5-9': each partition's offsets in arrival order, runs collapsed."""
     runs: dict[int, list[list[int]]] = {}
     for rec in records:
@@ -392,7 +392,7 @@ def offset_ranges(records: list[Record]) -> str:
     )
 
 
-def _record_lag(app: faust.App, records: list[Record]) -> None:
+def _record_lag(app: faust.App, records: list[Consumed]) -> None:
     """Consumer lag per partition from the fetcher's high watermark (no broker call)."""
     last: dict[tuple[str, int], int] = {}
     for rec in records:

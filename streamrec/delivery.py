@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
-from .pipeline import Record
+from .pipeline import Consumed
 from .sink import Messages, send_batches
 
 log = logging.getLogger("streamrec.delivery")
@@ -36,7 +36,7 @@ log = logging.getLogger("streamrec.delivery")
 class Outgoing:
     """One batch's output: kept until Kafka has it, to send again if it does not."""
 
-    records: list[Record]
+    records: list[Consumed]
     topics: list[tuple[str, dict[int, Messages]]]  # topic -> partition -> messages
     info: Any = None  # what ``finish`` needs (the batch result, timings)
     sent: list[tuple[str, int, int, asyncio.Future]] = field(default_factory=list)
@@ -82,7 +82,7 @@ class Deliveries:
         depth: int,
         finish: Callable[[Outgoing], None],
         dropped: Callable[[Outgoing], None],
-        owned: Callable[[Sequence[Record]], bool],
+        owned: Callable[[Sequence[Consumed]], bool],
         first_wait: float = 0.5,
         max_wait: float = 30.0,
         stall_warning_s: float = 10.0,

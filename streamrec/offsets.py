@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from .config import consumer_config
-from .pipeline import Record
+from .pipeline import Consumed
 
 TP = tuple[str, int]  # (topic, partition)
 
@@ -44,7 +44,7 @@ class Hole:
 
 @dataclass
 class Admitted:
-    records: list[Record]  # to process now, in arrival order
+    records: list[Consumed]  # to process now, in arrival order
     holes: dict[TP, Hole] = field(default_factory=dict)
 
 
@@ -66,7 +66,7 @@ class OffsetGuard:
             self.next.pop(tp, None)
             self._sought.pop(tp, None)
 
-    def admit(self, records: Sequence[Record]) -> Admitted:
+    def admit(self, records: Sequence[Consumed]) -> Admitted:
         out = Admitted(records=[])
         for rec in records:
             tp = (rec.topic, rec.partition)

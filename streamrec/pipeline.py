@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .events import Event, Rejected, decode_event, encode_dead_letter, encode_recommendation
 from .ranking import Ranker, RankRequest
@@ -19,9 +20,28 @@ from .topology import WorkerSpec
 log = logging.getLogger(__name__)
 
 
+class Consumed(Protocol):
+    """What the worker reads of a consumed Kafka message. The worker's intake hands
+    over aiokafka's ``ConsumerRecord``s as fetched (intake.py); :class:`Record` is the
+    same shape for everything else (tests, benchmarks, the catalog reader)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int | None: ...  # ms, the message's Kafka timestamp
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A consumed Kafka message."""
+    """A consumed Kafka message (see :class:`Consumed`)."""
 
     key: bytes | None
     value: bytes | None
@@ -39,7 +59,7 @@ class BatchResult:
     # user's events and state live in one partition; they are answered when they return.
     rekeyed: list[tuple[bytes, bytes]] = field(default_factory=list)
     # user_id -> (encoded state, the record that last changed it); one write per user.
-    state_writes: dict[str, tuple[bytes, Record]] = field(default_factory=dict)
+    state_writes: dict[str, tuple[bytes, Consumed]] = field(default_factory=dict)
     valid: int = 0
     invalid: int = 0
     redelivered: int = 0
@@ -52,7 +72,7 @@ class BatchResult:
         return len(self.recommendations)
 
 
-def dead_letter_for(rec: Record, err: Rejected, max_payload: int = 65536) -> bytes:
+def dead_letter_for(rec: Consumed, err: Rejected, max_payload: int = 65536) -> bytes:
     """The dead-letter message for a record that cannot be used."""
     return encode_dead_letter(
         error=err,
@@ -65,14 +85,14 @@ def dead_letter_for(rec: Record, err: Rejected, max_payload: int = 65536) -> byt
     )
 
 
-def _dead_letter(result: BatchResult, rec: Record, err: Rejected, spec: WorkerSpec) -> None:
+def _dead_letter(result: BatchResult, rec: Consumed, err: Rejected, spec: WorkerSpec) -> None:
     result.invalid += 1
     result.dead_letters.append((rec.key, dead_letter_for(rec, err, spec.max_event_bytes)))
 
 
 def process_batch(
-    records: Sequence[Record],
-    load_state: Callable[[str, Record], bytes | None],
+    records: Sequence[Consumed],
+    load_state: Callable[[str, Consumed], bytes | None],
     ranker: Ranker,
     spec: WorkerSpec,
     now_ms: int | None = None,
@@ -82,7 +102,7 @@ def process_batch(
     started = clock()
     result = BatchResult()
     states: dict[str, SessionState] = {}
-    answered: list[tuple[Record, Event]] = []
+    answered: list[tuple[Consumed, Event]] = []
     requests: list[RankRequest] = []
     decode_s = 0.0  # the rest of this loop is state work
     for rec in records:
