@@ -85,9 +85,12 @@ def _required_by_const(schema: dict[str, Any]) -> tuple[str, str, list, list] | 
     return field, rule["const"], then["required"], other["required"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """A validated event. ``raw`` keeps the decoded dict for re-encoding and context."""
+    """A validated event. ``raw`` keeps the decoded dict for re-encoding and context.
+
+    Treat as read-only. Not ``frozen``: a frozen dataclass sets each field through
+    ``object.__setattr__``, 1.5 µs an event against 0.35 (timeit)."""
 
     event_id: str
     user_id: str

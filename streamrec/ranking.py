@@ -40,10 +40,10 @@ ModelState = tuple[str, str, int]  # (h base64, model version, n_events it cover
 _ITEM = itemgetter(0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per event: not frozen, which costs ~0.4 µs each (timeit)
 class RankRequest:
     user_id: str
-    state: SessionState  # as of the event being answered
+    state: SessionState  # as of the event being answered; read-only
 
 
 @dataclass
