@@ -264,8 +264,8 @@ class BatchConsumer(AIOKafkaConsumer):
                             self._rewind(TP(tp.topic, tp.partition), records, "not active")
                         continue
                     if tp.topic == intake.topic:
-                        # aiokafka's records as they are: copying each into a Record
-                        # was ~5 % of the worker at its maximum (py-spy --gil).
+                        # aiokafka's records as they are: copying each into a
+                        # (frozen) Record cost ~1.4 µs an event (timeit).
                         events.extend(records)
                         self._read_offset[TP(tp.topic, tp.partition)] = records[-1].offset
                         handed.append((TP(tp.topic, tp.partition), records))
