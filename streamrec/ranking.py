@@ -148,12 +148,13 @@ class SequentialRanker(CandidateRanker):
             h = _decode_h(first.h, dim) if first.h and first.hv == model.version else None
             covered = first.hn if h is not None else 0
             # Event number of each window entry: the window holds the last len(entries).
-            base = last.n_events - len(last.entries)
+            window = last.entry_items
+            base = last.n_events - len(window)
             feed: list[tuple[int, int]] = []  # (event number, item index)
-            for j in range(max(0, covered - base), len(last.entries)):  # only what is new
-                entry = last.entries[j]
-                if entry[0] is not None:
-                    idx = model.item_index(entry[0])
+            for j in range(max(0, covered - base), len(window)):  # only what is new
+                item = window[j]
+                if item is not None:
+                    idx = model.item_index(item)
                     if idx:
                         feed.append((base + j + 1, idx))
             numbers = [number for number, _ in feed]  # ascending

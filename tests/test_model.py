@@ -116,11 +116,13 @@ def test_each_answer_masks_the_items_of_its_window(models_root: Path) -> None:
     ranker = load_ranker(models_root)
     assert isinstance(ranker, SequentialRanker)
     index = ranker.model.index
-    windows = [["i10", "i11", "i10", "nope"], [], ["i57"]]
+    windows = [["i10", "i11", "i10", "nope"], [], [None, "i57"]]  # None: a search's item
     states = [
-        SessionState(entries=[[i, "view", n, f"e{n}"] for n, i in enumerate(w)]) for w in windows
+        SessionState(
+            entries=[[i, "search" if i is None else "view", n, f"e{n}"] for n, i in enumerate(w)]
+        )
+        for w in windows
     ]
-    states[2].entries.insert(0, [None, "search", 0, "s0"])  # a search has no item
     exclude = ranker._excluded(states)
     assert exclude.shape == (3, 4) and exclude.dtype == np.int64
     assert exclude.tolist() == [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 from rocksdict import Options, Rdict
 
 from streamrec.events import Event
@@ -77,3 +78,27 @@ def test_read_table_files_reads_faust_layout(tmp_path: Path) -> None:
     db[b"__faust\x00offset__"] = b"12"
     db.close()
     assert read_table_files(tmp_path) == {"u1": s}
+
+
+def test_states_stored_as_rows_still_load() -> None:
+    """States written before the window was kept as columns ({"e": rows}) load as the
+    same state, and are written back in the new form."""
+    s = SessionState()
+    s.apply(ev(1), 0, 1, 50)
+    s.apply(Event("e2", "u1", None, "search", 2, None, {"query": "q"}), 0, 2, 50)
+    s.apply(ev(3, etype="purchase"), 0, 3, 50)
+    s.h, s.hv, s.hn = "AAAA", "gru-1", 3
+    old = orjson.dumps(
+        {"e": s.entries, "n": 3, "p": 0, "o": 3, "h": "AAAA", "hv": "gru-1", "hn": 3}
+    )
+    back = SessionState.from_bytes(old)
+    assert back == s and back.history() == [("i1", "view"), ("i3", "purchase")]
+    assert b'"e"' not in back.to_bytes() and SessionState.from_bytes(back.to_bytes()) == s
+    assert not back.apply(ev(2), 1, 99, 50)  # its event ids came along
+
+
+def test_entries_are_rows_and_a_copy() -> None:
+    s = SessionState(entries=[["i1", "view", 5, "e1"], [None, "search", 6, "e2"]], n_events=2)
+    assert s.entries == [["i1", "view", 5, "e1"], [None, "search", 6, "e2"]]
+    s.entries.append(["i9", "view", 7, "e9"])  # a new list each time: the state is unchanged
+    assert len(s.entries) == 2 and s.items == ["i1"]
