@@ -108,6 +108,7 @@ class SessionState:
         return self
 
     def _key(self) -> tuple:
+        """Every field but the derived history: the four columns first."""
         return (
             self.entry_items,
             self.entry_types,
@@ -231,18 +232,9 @@ class SessionState:
 
     def snapshot(self) -> SessionState:
         """A copy that later ``apply`` calls do not change."""
+        items, types, times, ids, *scalars = self._key()
         return SessionState._of_columns(
-            list(self.entry_items),
-            list(self.entry_types),
-            list(self.entry_times),
-            list(self.entry_ids),
-            self.n_events,
-            self.partition,
-            self.offset,
-            self.h,
-            self.hv,
-            self.hn,
-            list(self.history()),
+            list(items), list(types), list(times), list(ids), *scalars, list(self.history())
         )
 
     def content(self) -> dict:
