@@ -131,8 +131,8 @@ def process_batch(
         else:
             # Rank each event on the state as of that event: the user's previous request
             # in this batch holds the live state, so it gets a copy before this event
-            # changes it. A copy for every event was ~3 % of the worker (py-spy), and
-            # most users have one event in a batch.
+            # changes it. Most users have one event in a batch, and a copy for every
+            # event cost ~0.7 µs (timeit).
             earlier = live.get(event.user_id)
             if earlier is not None:
                 requests[earlier] = RankRequest(event.user_id, state.snapshot())
