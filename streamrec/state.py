@@ -62,40 +62,42 @@ class SessionState:
         hv: str | None = None,
         hn: int = 0,
     ) -> None:
-        rows = [list(e) for e in entries]
-        self.entry_items: list[str | None] = [e[0] for e in rows]
-        self.entry_types: list[str] = [e[1] for e in rows]
-        self.entry_times: list[int] = [e[2] for e in rows]
-        self.entry_ids: list[str] = [e[3] for e in rows]
-        self.n_events = n_events
-        self.partition = partition
-        self.offset = offset
-        # The sequential model's state for this user: its hidden vector (base64
-        # float32), the model version that computed it and after how many events.
-        self.h = h
-        self.hv = hv
-        self.hn = hn
-        # history(), kept in step by apply(): the ranker and the join each read it per
-        # event, and rebuilding it each time was ~7 % of the worker's GIL time (py-spy).
-        # Not stored; built on first use after loading.
-        self._history: list[tuple[str, str]] | None = None
+        rows = list(entries)
+        self._fill(
+            [e[0] for e in rows],
+            [e[1] for e in rows],
+            [e[2] for e in rows],
+            [e[3] for e in rows],
+            n_events,
+            partition,
+            offset,
+            h,
+            hv,
+            hn,
+            None,
+        )
 
     @classmethod
-    def _of_columns(
-        cls,
-        items: list,
-        types: list,
-        times: list,
-        ids: list,
+    def _of_columns(cls, *fields: Any) -> SessionState:
+        """A state from its columns and fields as :meth:`_fill` takes them (no rows)."""
+        self = cls.__new__(cls)
+        self._fill(*fields)
+        return self
+
+    def _fill(
+        self,
+        items: list[str | None],
+        types: list[str],
+        times: list[int],
+        ids: list[str],
         n_events: int,
         partition: int,
         offset: int,
         h: str | None,
         hv: str | None,
         hn: int,
-        history: list[tuple[str, str]] | None = None,
-    ) -> SessionState:
-        self = cls.__new__(cls)
+        history: list[tuple[str, str]] | None,
+    ) -> None:
         self.entry_items, self.entry_types, self.entry_times, self.entry_ids = (
             items,
             types,
@@ -103,9 +105,13 @@ class SessionState:
             ids,
         )
         self.n_events, self.partition, self.offset = n_events, partition, offset
+        # The sequential model's state for this user: its hidden vector (base64
+        # float32), the model version that computed it and after how many events.
         self.h, self.hv, self.hn = h, hv, hn
+        # history(), kept in step by apply(): the ranker and the join each read it per
+        # event, and rebuilding it each time was ~7 % of the worker's GIL time (py-spy).
+        # Not stored; built on first use after loading.
         self._history = history
-        return self
 
     def _key(self) -> tuple:
         """Every field but the derived history: the four columns first."""
@@ -228,6 +234,7 @@ class SessionState:
             doc.get("h"),
             doc.get("hv"),
             doc.get("hn", 0),
+            None,
         )
 
     def snapshot(self) -> SessionState:
