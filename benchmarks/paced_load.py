@@ -96,8 +96,7 @@ def main() -> None:
                 parts = latency_parts(log, marks, log.ends())
                 print(
                     f"answered {len(parts['latency']):,} of {n:,}"
-                    f"{'' if answered else ' (timed out)'}; latency split (ms; batches: "
-                    "each answer's batch), p50 / p90 / p99:"
+                    f"{'' if answered else ' (timed out)'}; latency split (ms), p50 / p90 / p99 of the answers:"
                 )
                 sent_at = parts.pop("sent at")
                 for name, values in parts.items():
@@ -112,15 +111,16 @@ def main() -> None:
 
 def latency_parts(log: OutputLog, marks: dict[int, int], ends: dict[int, int]) -> dict:
     """Per answer: event -> output appended (the latency), event -> encoded by the worker,
-    encoded -> appended, its batch's processing ms and size, and when its event was
-    sent (epoch ms)."""
+    encoded -> appended, the time from its batch's start until it was made ("in batch":
+    event -> encoded minus this is the wait before its batch began), its batch's size,
+    and when its event was sent (epoch ms)."""
     parts: dict[str, list[float]] = {
         k: []
         for k in (
             "latency",
             "event -> encoded",
             "encoded -> appended",
-            "batch ms",
+            "in batch ms",
             "batch size",
             "sent at",
         )

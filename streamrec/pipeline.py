@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -147,7 +147,7 @@ def process_batch(
         answered.append((rec, event))
 
     ranking_started = clock()
-    ranked, model_states, rank_stages = _rank_isolating_failures(ranker, requests)
+    ranked, model_states, rank_stages, read_stage = _rank_isolating_failures(ranker, requests)
     ranked_at = clock()
     # The ranker's own split (model, graph) where it gives one, else all of it is model.
     rank_stages = rank_stages or {"model": ranked_at - ranking_started}
@@ -159,8 +159,20 @@ def process_batch(
     for user, (_, rec) in result.state_writes.items():
         result.state_writes[user] = (states[user].to_bytes(), rec)
     encode_started = clock()
-    batch_ms = round((encode_started - started) * 1000, 3)
-    for (rec, event), items in zip(answered, ranked, strict=True):
+    # Each answer is encoded as soon as the ranker has made it (see RankResult.items);
+    # the time spent reading it counts as the ranker's ``read_stage``.
+    read_s = 0.0
+    n_records = len(records)
+    version = ranker.version
+    for rec, event in answered:
+        t = clock()
+        items = next(ranked, None)
+        made = clock()
+        if items is None:
+            raise RuntimeError(
+                f"ranker {version} gave fewer answers than the {len(requests)} asked"
+            )
+        read_s += made - t
         if isinstance(items, Rejected):
             _dead_letter(result, rec, items, spec)
             continue
@@ -171,39 +183,65 @@ def process_batch(
                     user_id=event.user_id,
                     event_id=event.event_id,
                     items=items,
-                    model_version=ranker.version,
+                    model_version=version,
                     source_ts=rec.timestamp,
-                    batch_size=len(records),
-                    batch_ms=batch_ms,
+                    batch_size=n_records,
+                    batch_ms=round((made - started) * 1000, 3),
                 ),
             )
         )
+    if next(ranked, None) is not None:
+        raise RuntimeError(f"ranker {version} gave more answers than the {len(requests)} asked")
+    rank_stages[read_stage] = rank_stages.get(read_stage, 0.0) + read_s
     result.stages = {
         "decode": decode_s,
         "state": ranking_started - started - decode_s + encode_started - ranked_at,
         **rank_stages,
-        "encode": clock() - encode_started,
+        "encode": clock() - encode_started - read_s,
     }
     return result
 
 
 def _rank_isolating_failures(
     ranker: Ranker, requests: list[RankRequest]
-) -> tuple[list, dict, dict[str, float]]:
-    """One ranking call for the batch; if it fails, rank one by one so a single poisonous
-    request becomes one dead letter instead of losing the batch. Also returns the
-    ranker's time per stage where it splits it (``RankResult.stages``)."""
+) -> tuple[Iterator[list[dict] | Rejected], dict, dict[str, float], str]:
+    """One ranking call for the batch; if it fails, or reading its answers fails part
+    way, the requests left are ranked one by one, so a single poisonous request becomes
+    one dead letter instead of losing the batch. Also returns the ranker's time per
+    stage where it splits it (``RankResult.stages``) and the stage reading counts as."""
     try:
         result = ranker.rank_batch(requests)
-        return result.items, result.model_states, result.stages
     except Exception:
         log.exception("ranking failed for a batch of %d; retrying one by one", len(requests))
-    out: list = []
-    # One by one, a request no longer sees its user's earlier events of this batch
-    # through the model state, so no model state is stored from this path.
+        # One by one, a request no longer sees its user's earlier events of this batch
+        # through the model state, so no model state is stored from this path.
+        return _one_by_one(ranker, requests), {}, {}, "model"
+    answers = _read_isolating_failures(result.items, ranker, requests)
+    return answers, result.model_states, result.stages, result.read_stage
+
+
+def _read_isolating_failures(
+    items: Iterable[list[dict]], ranker: Ranker, requests: list[RankRequest]
+) -> Iterator[list[dict] | Rejected]:
+    """``items`` as read; if reading fails at a request, that one and the rest one by one
+    (a generator that raised cannot go on). The model states of the batch call stay:
+    what failed came after the model."""
+    done = 0
+    try:
+        for found in items:
+            yield found
+            done += 1
+    except Exception:
+        log.exception(
+            "ranking failed at request %d of %d; the rest one by one", done + 1, len(requests)
+        )
+        yield from _one_by_one(ranker, requests[done:])
+
+
+def _one_by_one(ranker: Ranker, requests: list[RankRequest]) -> Iterator[list[dict] | Rejected]:
     for req in requests:
         try:
-            out.extend(ranker.rank_batch([req]).items)
+            (found,) = ranker.rank_batch([req]).items
         except Exception as exc:
-            out.append(Rejected("internal", f"ranking failed: {type(exc).__name__}: {exc}"))
-    return out, {}, {}
+            found = Rejected("internal", f"ranking failed: {type(exc).__name__}: {exc}")
+        yield found

@@ -228,7 +228,7 @@ def test_the_join_reads_the_models_candidates_only_as_far_as_it_keeps(
     entries = [[i, "view", n, f"e{n}"] for n, i in enumerate(["i10", "i11"])]
     state = SessionState(entries=entries, n_events=2)
     req = RankRequest("u1", state)
-    everything = ranker.rank_batch([req]).items[0]
+    (everything,) = ranker.rank_batch([req]).items
     made = count_made_candidates(monkeypatch, "streamrec.ranking")
     settings = JoinSettings(top_k=3, short_history=0)
     join = GraphJoin(GraphIndex(), settings, known=set(ranker.model.items))
@@ -253,8 +253,8 @@ def test_shown_scores_are_rounded_on_every_path(models_root: Path) -> None:
         RankRequest("short", SessionState(entries=long[:1], n_events=1)),  # blended
     ]
     answers = [
-        ranker.rank_batch(requests).items,
-        GraphRanker(ranker, join).rank_batch(requests).items,
+        list(ranker.rank_batch(requests).items),
+        list(GraphRanker(ranker, join).rank_batch(requests).items),
     ]
     assert [len(items) for answer in answers for items in answer] == [30, 30, 10, 10]
     for items in (i for answer in answers for i in answer):

@@ -163,6 +163,54 @@ def test_stage_times_say_where_the_batch_went(ranker: CooccurrenceRanker) -> Non
     }  # fmt: skip
 
 
+def test_the_join_counts_as_graph_though_it_runs_as_answers_are_encoded(
+    ranker: CooccurrenceRanker,
+) -> None:
+    """GraphRanker joins each request as its answer is read, between encodings: that
+    time is ``graph``'s, not ``encode``'s, and each answer's ``batch_ms`` is the time
+    from the batch's start until it was made."""
+    import time
+
+    from streamrec.graph import GraphIndex
+    from streamrec.join import GraphJoin, JoinSettings
+    from streamrec.ranking import GraphRanker, known_items
+
+    class SlowJoin(GraphJoin):
+        def join(self, *args, **kwargs):
+            time.sleep(0.002)
+            return super().join(*args, **kwargs)
+
+    joined = GraphRanker(ranker, SlowJoin(GraphIndex(), JoinSettings(top_k=5), known_items(ranker)))
+    result = process_batch(
+        records([event(n, user=f"u{n % 7}") for n in range(40)]), lambda u, r: None, joined, SPEC
+    )
+    assert result.stages["graph"] >= 0.08 and result.stages["encode"] < 0.04
+    made = [orjson.loads(v)["timings"]["batch_ms"] for _, v in result.recommendations]
+    assert made == sorted(made) and made[-1] - made[0] >= 0.002 * 39 * 1000
+
+
+def test_a_join_failure_part_way_costs_one_dead_letter(ranker: CooccurrenceRanker) -> None:
+    """A join that fails for one request while the answers are read: the answers before
+    it stand, it is dead-lettered, and the rest are ranked one by one."""
+    from streamrec.graph import GraphIndex
+    from streamrec.join import GraphJoin, JoinSettings
+    from streamrec.ranking import GraphRanker, known_items
+
+    class FailsForBad(GraphJoin):
+        def join(self, state, candidates, explain=None):
+            if state.items and state.items[-1] == "poison":
+                raise ValueError("bad join")
+            return super().join(state, candidates, explain)
+
+    join = FailsForBad(GraphIndex(), JoinSettings(top_k=3), known_items(ranker))
+    values = [event(1), event(2, user="u2", item="poison"), event(3, user="u3"), event(4)]
+    result = process_batch(records(values), lambda u, r: None, GraphRanker(ranker, join), SPEC)
+    assert [orjson.loads(v)["event_id"] for _, v in result.recommendations] == ["e1", "e3", "e4"]
+    (dead,) = [orjson.loads(v) for _, v in result.dead_letters]
+    assert dead["error_code"] == "internal" and "bad join" in dead["error"]
+    assert set(result.state_writes) == {"u1", "u2", "u3"}  # every event's state is kept
+
+
 def test_a_ranking_failure_costs_one_dead_letter_not_the_batch(ranker: CooccurrenceRanker) -> None:
     boom = Exploding(ranker.model, top_k=3)
     batch = records([event(1), event(2, user="bad"), event(3)])
