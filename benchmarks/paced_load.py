@@ -96,7 +96,8 @@ def main() -> None:
                 parts = latency_parts(log, marks, log.ends())
                 print(
                     f"answered {len(parts['latency']):,} of {n:,}"
-                    f"{'' if answered else ' (timed out)'}; latency split (ms), p50 / p90 / p99 of the answers:"
+                    f"{'' if answered else ' (timed out)'}; latency split (ms), "
+                    "p50 / p90 / p99 of the answers:"
                 )
                 sent_at = parts.pop("sent at")
                 for name, values in parts.items():
