@@ -125,7 +125,7 @@ class CooccurrenceRanker(CandidateRanker):
         return self.rank_states([r.state for r in requests]), {}
 
 
-def _shown(scores: np.ndarray) -> np.ndarray:
+def shown_scores(scores: np.ndarray) -> np.ndarray:
     """Scores as shown, to 4 decimals, for a whole batch in one call: the same floats as
     ``round(x, 4)`` on each (checked on 12.5 M float32 scores, half-way cases included:
     a float32 never lies close enough to a half-way decimal for ``x * 1e4``'s rounding
@@ -199,10 +199,10 @@ class SequentialRanker(CandidateRanker):
             # was an input: 100): _ranked reads further only in rows where one of them
             # is padding or masked, which get their whole row.
             head_s, head_t = scores[:, : self.top_k], top[:, : self.top_k]
-            rows_s, rows_t = _shown(head_s).tolist(), head_t.tolist()
+            rows_s, rows_t = shown_scores(head_s).tolist(), head_t.tolist()
             short = ~(np.isfinite(head_s) & (head_t > 0)).all(axis=1)
             for r in np.flatnonzero(short).tolist():
-                rows_s[r], rows_t[r] = _shown(scores[r]).tolist(), top[r].tolist()
+                rows_s[r], rows_t[r] = shown_scores(scores[r]).tolist(), top[r].tolist()
             for n, row_scores, row_top in zip(modelled, rows_s, rows_t, strict=True):
                 out[n] = self._ranked(row_scores, row_top)
             for r, user in enumerate(rows):

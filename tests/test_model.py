@@ -25,6 +25,7 @@ from streamrec.ranking import (
     SequentialRanker,
     activate,
     load_ranker,
+    shown_scores,
 )
 from streamrec.state import SessionState
 from streamrec.topology import WorkerSpec
@@ -265,6 +266,21 @@ def test_shown_scores_are_rounded_on_every_path(models_root: Path) -> None:
     first = lambda items: [i["item_id"] for i in items[:10]]  # noqa: E731
     assert first(answers[1][0]) == first(answers[0][0])  # the model leads, nothing to cut
     assert set(first(answers[1][1])) - set(first(answers[0][1]))
+
+
+def test_scores_rounded_for_the_batch_equal_pythons_round() -> None:
+    """The batch's scores are rounded in numpy; what is shown must be what ``round(x,
+    4)`` gives, half-way decimals and every magnitude included (a float32 rounding, or
+    rounding after a float32 multiply, differs)."""
+    rng = np.random.default_rng(3)
+    scores = np.concatenate(
+        [
+            *((rng.standard_normal(20_000) * scale) for scale in (1e-3, 0.1, 1, 10, 1000)),
+            np.arange(-4000, 4000) / 32,  # exact half-way decimals: x.xxxx5
+            np.array([np.inf, -np.inf]),
+        ]
+    ).astype(np.float32)
+    assert shown_scores(scores).tolist() == [round(x, 4) for x in scores.tolist()]
 
 
 def test_masked_or_padding_entries_among_the_first_k_are_skipped(
