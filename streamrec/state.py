@@ -74,7 +74,6 @@ class SessionState:
             h,
             hv,
             hn,
-            None,
         )
 
     @classmethod
@@ -96,7 +95,7 @@ class SessionState:
         h: str | None,
         hv: str | None,
         hn: int,
-        history: list[tuple[str, str]] | None,
+        history: list[tuple[str, str]] | None = None,
     ) -> None:
         self.entry_items, self.entry_types, self.entry_times, self.entry_ids = (
             items,
@@ -234,7 +233,6 @@ class SessionState:
             doc.get("h"),
             doc.get("hv"),
             doc.get("hn", 0),
-            None,
         )
 
     def snapshot(self) -> SessionState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import orjson
@@ -9,8 +10,10 @@ import pytest
 
 from streamrec.baseline import CooccurrenceModel
 from streamrec.events import validator
+from streamrec.graph import GraphIndex
+from streamrec.join import GraphJoin, JoinSettings
 from streamrec.pipeline import Record, process_batch
-from streamrec.ranking import CooccurrenceRanker
+from streamrec.ranking import CooccurrenceRanker, GraphRanker, known_items
 from streamrec.replay import user_key
 from streamrec.state import SessionState
 from streamrec.topology import WorkerSpec
@@ -130,11 +133,6 @@ class Exploding(CooccurrenceRanker):
 def test_stage_times_say_where_the_batch_went(ranker: CooccurrenceRanker) -> None:
     """Each stage gets its own time: a slow state store shows in ``state``, a slow model
     in ``model``, and the stages add up to the batch."""
-    import time
-
-    from streamrec.graph import GraphIndex
-    from streamrec.join import GraphJoin, JoinSettings
-    from streamrec.ranking import GraphRanker, known_items
 
     class SlowModel(CooccurrenceRanker):
         def candidates(self, requests):
@@ -169,11 +167,6 @@ def test_the_join_counts_as_graph_though_it_runs_as_answers_are_encoded(
     """GraphRanker joins each request as its answer is read, between encodings: that
     time is ``graph``'s, not ``encode``'s, and each answer's ``batch_ms`` is the time
     from the batch's start until it was made."""
-    import time
-
-    from streamrec.graph import GraphIndex
-    from streamrec.join import GraphJoin, JoinSettings
-    from streamrec.ranking import GraphRanker, known_items
 
     class SlowJoin(GraphJoin):
         def join(self, *args, **kwargs):
@@ -192,9 +185,6 @@ def test_the_join_counts_as_graph_though_it_runs_as_answers_are_encoded(
 def test_a_join_failure_part_way_costs_one_dead_letter(ranker: CooccurrenceRanker) -> None:
     """A join that fails for one request while the answers are read: the answers before
     it stand, it is dead-lettered, and the rest are ranked one by one."""
-    from streamrec.graph import GraphIndex
-    from streamrec.join import GraphJoin, JoinSettings
-    from streamrec.ranking import GraphRanker, known_items
 
     class FailsForBad(GraphJoin):
         def join(self, state, candidates, explain=None):
