@@ -69,6 +69,7 @@ class CooccurrenceModel:
     or the user's lifetime."""
 
     _MAX_KEY = 2**31  # request x catalog size per _score_votes sort (a class knob for tests)
+    _MAX_REQUESTS = 2**11  # requests per _score_votes sort (its second sort's keys)
 
     def __init__(
         self,
@@ -303,8 +304,10 @@ class CooccurrenceModel:
         """Per request: (item indices, scores, reason positions), best first; at most
         ``limits[r]`` of them for request ``r``."""
         n = len(self.item_ids)
-        per_chunk = max(1, (self._MAX_KEY - 1) // n)
-        if n_requests > per_chunk:  # (request, item) must fit 31 bits: requests in chunks
+        # (request, item) must fit 31 bits and a request 11 (the sorts' keys below):
+        # more requests than that go in chunks.
+        per_chunk = max(1, min((self._MAX_KEY - 1) // n, self._MAX_REQUESTS))
+        if n_requests > per_chunk:
             out: list[tuple[list, list, list]] = []
             for first in range(0, n_requests, per_chunk):
                 last = min(first + per_chunk, n_requests)
@@ -336,16 +339,21 @@ class CooccurrenceModel:
         key, c = composite[order] >> 32, c[order]
         ukey = score = because = key[:0]
         if len(key):
-            starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-            score = np.add.reduceat(c.astype(np.float64), starts)
+            first = np.r_[True, key[1:] != key[:-1]]
+            starts = np.flatnonzero(first)
+            # Each (request, item)'s votes summed in order, as add.reduceat would, in
+            # half its time (timeit on a captured batch: 0.20 against 0.42 ms).
+            score = np.bincount(np.cumsum(first) - 1, weights=c)
             ukey = key[starts]
             because = np.asarray(pos, np.int64)[order[starts] // width]
-            # Best first within each request, ties in item order: one stable sort on
-            # request x span - (score - lowest), which keeps requests apart; two stable
-            # sorts, by score then by request, were 12 % of process_batch (py-spy).
-            lowest = score.min()
-            span = float(score.max() - lowest) + 1.0
-            order = np.argsort((ukey // n) * span - (score - lowest), kind="stable")
+            # Best first within each request, ties in item order: one stable sort of int64
+            # keys, the request in the high bits and the score's descending bits in the
+            # low 52 (a non-negative float64's bits order like its value; the 11 dropped
+            # are its last mantissa bits, so scores equal to ~5e-13 of their size count
+            # as a tie). Sorting float64 keys (request x span - score) took 1.6 ms on a
+            # captured batch, these 1.1 (timeit).
+            descending_score = np.int64((1 << 52) - 1) - (score.view(np.int64) >> 11)
+            order = np.argsort((ukey // n) << 52 | descending_score, kind="stable")
             ukey, score, because = ukey[order], score[order], because[order]
         bounds = np.searchsorted(ukey // n, np.arange(n_requests + 1))
         if limits is not None and len(ukey):

@@ -175,6 +175,10 @@ def test_scores_and_reasons_match_a_plain_reference_also_in_chunks() -> None:
     chunked = CooccurrenceModel(m.item_ids, m._nbr_idx, m._nbr_score, m.popularity, m.titles)
     chunked._MAX_KEY = 7 * len(m.item_ids)  # 6 requests per sort
     assert answers(chunked) == got
+    # More requests than the second sort's keys hold (2,048): in chunks, same answers.
+    many = -(-2100 // len(hs))
+    lists = [list(r) for r in m.ranked_batch(hs * many, k=12)]
+    assert [[(r.item_id, r.score, r.reasons) for r in lst] for lst in lists] == got * many
 
 
 def test_refuses_negative_neighbour_scores_and_reads_minus_zero_as_zero() -> None:
