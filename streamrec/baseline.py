@@ -19,11 +19,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .votes import Scratch, top_votes, warm_up
+if TYPE_CHECKING:
+    from .votes import Scratch
 
 # How much an event type says about interest (used for training weights and recency).
 TYPE_WEIGHT = {
@@ -91,7 +92,7 @@ class CooccurrenceModel:
         self._nbr_idx = np.ascontiguousarray(nbr_idx, np.int32)
         # abs: a -0.0, which passes the check above, is kept as 0.0
         self._nbr_score = np.ascontiguousarray(np.abs(nbr_score.astype(np.float32)))
-        self._scratch = Scratch(len(self.item_ids))
+        self._scratch: Scratch | None = None  # made when the model first scores
         total = float(self.popularity.sum()) or 1.0
         self._pop_share = self.popularity / total
         # Neighbour ids per item as sets, built on first use and kept for the hottest
@@ -229,7 +230,7 @@ class CooccurrenceModel:
             titles,
             meta,
         )
-        warm_up()  # the scoring compiled (or read from numba's cache) before serving
+        _votes().warm_up()  # the scoring compiled (or read from numba's cache) to serve
         return model
 
     # -- serving --------------------------------------------------------------------
@@ -300,10 +301,13 @@ class CooccurrenceModel:
     ) -> list[tuple[list, list, list]]:
         """Per request: (item indices, scores, reason positions), best first; at most
         ``limits[r]`` of them for request ``r`` (votes.py)."""
+        votes = _votes()
+        if self._scratch is None:
+            self._scratch = votes.Scratch(len(self.item_ids))
         starts = np.searchsorted(np.asarray(req, np.int64), np.arange(n_requests + 1))
         if limits is None:
             limits = [len(self.item_ids)] * n_requests
-        items, scores, because, bounds = top_votes(
+        items, scores, because, bounds = votes.top_votes(
             self._nbr_idx,
             self._nbr_score,
             starts,
@@ -357,6 +361,15 @@ class CooccurrenceModel:
             left -= 1
             if not left:
                 return
+
+
+def _votes() -> Any:
+    """The compiled scoring (votes.py), imported where a model scores: numba brings
+    LLVM, ~120 MB of RSS (~110 MB of it shared library pages), which the processes that
+    only train, save or measure Kafka (``bench``'s raw loop) do without."""
+    from . import votes
+
+    return votes
 
 
 def file_sha256(path: str | Path) -> str:
