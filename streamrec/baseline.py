@@ -365,8 +365,8 @@ class CooccurrenceModel:
 
 def _votes() -> Any:
     """The compiled scoring (votes.py), imported where a model scores: numba brings
-    LLVM, ~120 MB of RSS (~110 MB of it shared library pages), which the processes that
-    only train, save or measure Kafka (``bench``'s raw loop) do without."""
+    LLVM, ~120-150 MB of RSS (~110 MB of it shared library pages), which the processes
+    that only train, save or measure Kafka (``bench``'s raw loop) do without."""
     from . import votes
 
     return votes
