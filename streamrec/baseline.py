@@ -88,6 +88,15 @@ class CooccurrenceModel:
         # neighbour score would break that order (inf x a zero weight is NaN).
         if not (np.isfinite(nbr_score) & (nbr_score >= 0)).all():
             raise ValueError("neighbour scores must be non-negative finite numbers")
+        # The compiled scoring indexes without bounds checks: every neighbour must be an
+        # item (or -1, padding), and an item's neighbours distinct (it keeps at most one
+        # vote per voting item for each).
+        n = len(self.item_ids)
+        if nbr_idx.size and (nbr_idx.min() < -1 or nbr_idx.max() >= n):
+            raise ValueError(f"neighbour indices must lie in [-1, {n}) (-1: padding)")
+        ordered = np.sort(nbr_idx, axis=1)
+        if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():
+            raise ValueError("an item lists the same neighbour twice")
         # One dtype and layout, so numba compiles (and caches) top_votes once.
         self._nbr_idx = np.ascontiguousarray(nbr_idx, np.int32)
         # abs: a -0.0, which passes the check above, is kept as 0.0

@@ -193,3 +193,24 @@ def test_refuses_negative_or_non_finite_neighbour_scores_and_reads_minus_zero_as
     (rec,) = m.recommend([("b", "view"), ("a", "view")], k=1)
     # c's votes: -0.0 from a (the latest), 0.5 x 0.7 from b: b's is the reason.
     assert (rec.item_id, rec.reasons) == ("c", ['often together with "b", which you viewed'])
+
+
+def test_refuses_neighbour_indices_outside_the_catalog_or_listed_twice() -> None:
+    """The compiled scoring reads and writes per-item tables without bounds checks: a
+    model file whose neighbours are not items of its catalog, or list one item twice,
+    is refused with a clear error instead of corrupting memory."""
+    scores = np.ones((3, 2), np.float32)
+    for nbr, message in (
+        (np.array([[1, 3], [0, -1], [0, 1]]), "must lie in"),
+        (np.array([[1, -2], [0, -1], [0, 1]]), "must lie in"),
+        (np.array([[1, 2], [2, 2], [0, 1]]), "same neighbour twice"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            CooccurrenceModel(["a", "b", "c"], nbr, scores, np.ones(3))
+    # Padding may repeat.
+    CooccurrenceModel(
+        ["a", "b", "c"],
+        np.array([[1, -1, -1], [0, 2, -1], [0, 1, -1]]),
+        np.ones((3, 3), np.float32),
+        np.ones(3),
+    )
