@@ -162,8 +162,8 @@ def test_scores_and_reasons_match_a_plain_reference_also_in_chunks() -> None:
         histories[e["user_id"]].append((e["item_id"], e["event_type"]))
     hs = [h[: 3 + n % 9] for n, h in enumerate(histories.values())]
 
-    def answers(model: CooccurrenceModel) -> list:
-        lists = [list(r) for r in model.ranked_batch(hs, k=12)]
+    def answers(model: CooccurrenceModel, batch: list = hs) -> list:
+        lists = [list(r) for r in model.ranked_batch(batch, k=12)]
         return [[(r.item_id, r.score, r.reasons) for r in lst] for lst in lists]
 
     got = answers(m)
@@ -177,8 +177,7 @@ def test_scores_and_reasons_match_a_plain_reference_also_in_chunks() -> None:
     assert answers(chunked) == got
     # More requests than the second sort's keys hold (2,048): in chunks, same answers.
     many = -(-2100 // len(hs))
-    lists = [list(r) for r in m.ranked_batch(hs * many, k=12)]
-    assert [[(r.item_id, r.score, r.reasons) for r in lst] for lst in lists] == got * many
+    assert answers(m, hs * many) == got * many
 
 
 def test_refuses_negative_neighbour_scores_and_reads_minus_zero_as_zero() -> None:
