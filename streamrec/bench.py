@@ -58,7 +58,7 @@ from .broker import (
 from .config import consumer_config, producer_config
 from .datasets import generate_log
 from .evaluate import percentile
-from .procs import free_port, start_worker, stop_process
+from .procs import Supervised, free_port, start_worker, stop_process
 from .topology import Topology, load_topology
 
 SYSTEMS = ("raw", "faust", "worker")
@@ -160,16 +160,19 @@ def run_faust_passthrough(
 
 # -- measuring ------------------------------------------------------------------------
 def _proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, RSS bytes) of a process from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    rss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-    return cpu, rss
+    """(CPU seconds, RSS bytes) of a process from /proc (Linux); (0, 0) for one that
+    has ended (a supervised worker between its exit and its restart)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        rss = 0
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        return 0.0, 0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), rss
 
 
 def with_append_time(topo: Topology) -> Topology:
@@ -376,6 +379,7 @@ class SystemResult:
     rss_mb: float = 0.0
     stages_ms: dict[str, float] = field(default_factory=dict)
     latency_to: str = ""  # what ends a latency: OutputLog.clock
+    restarts: int = 0  # worker processes started again after stopping themselves
 
 
 def make_events(cfg: BenchConfig, tag: str) -> tuple[list[bytes], list[bytes]]:
@@ -404,14 +408,18 @@ def _start(
     import subprocess
 
     if system == "worker":
-        return start_worker(
-            model=model,
-            data_dir=cfg.workdir / f"state-{topo.app_id}-{n}",
-            bootstrap=bootstrap,
-            topology=topo_file,
-            log=log,
-            graph=cfg.graph,
-            env={"STREAMREC_METRICS_PORT": str(port)},
+        # Supervised: a worker whose group coordination fails stops itself to be
+        # restarted (four workers on the H100 did not finish without it, procs.py).
+        return Supervised(
+            lambda: start_worker(
+                model=model,
+                data_dir=cfg.workdir / f"state-{topo.app_id}-{n}",
+                bootstrap=bootstrap,
+                topology=topo_file,
+                log=log,
+                graph=cfg.graph,
+                env={"STREAMREC_METRICS_PORT": str(port)},
+            )
         )
     args = [
         sys.executable,
@@ -500,6 +508,7 @@ def bench_system(
             f"{system}{f' x{count}' if count > 1 else ''}: max {result.max_rate:,.0f} events/s "
             f"(CPU {result.cpu_percent:.0f} %, RSS {result.rss_mb:.0f} MB)"
         )
+        _report_restarts(procs, result, progress)
         if not cfg.keep_records:
             _empty_topics(bootstrap, namespace, progress)
         base = target_rate or result.max_rate
@@ -531,6 +540,7 @@ def bench_system(
                 f"  {system} at {rate:,.0f}/s: p50 {result.loads[-1]['p50']} ms, "
                 f"p99 {result.loads[-1]['p99']} ms, p99.9 {result.loads[-1]['p99.9']} ms"
             )
+            _report_restarts(procs, result, progress)
         result.latency_to = log.clock
         if system == "worker":
             result.stages_ms = _stage_times(ports)
@@ -545,6 +555,18 @@ def bench_system(
         if not cfg.keep_records:
             _drop_topics(bootstrap, namespace, progress)
     return result
+
+
+def _report_restarts(procs: list, result: SystemResult, progress: Callable[[str], None]) -> None:
+    """Count the restarts since the last report and say so: the step they fell in timed a
+    worker that stopped and started again (its CPU share counts the new process only)."""
+    total = sum(p.restarts for p in procs if isinstance(p, Supervised))
+    if total > result.restarts:
+        progress(
+            f"  (a worker stopped itself and was started again, {total - result.restarts}x: "
+            "the step above includes its restart; see its log)"
+        )
+        result.restarts = total
 
 
 def _namespace_topics(bootstrap: str, namespace: str) -> list[str]:
@@ -699,6 +721,7 @@ def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "rss_mb": _median([e["rss_mb"] for e in each]),
             "stages_ms": stages,
             "latency_to": each[0]["latency_to"],
+            "restarts": sum(e.get("restarts", 0) for e in each),
         }
     out: dict[str, Any] = {"systems": systems}
     for ratio in ("worker/raw", "worker/faust"):

@@ -8,6 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -52,10 +54,12 @@ def start_worker(
             out.close()  # type: ignore[union-attr]
 
 
-def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> int | None:
+def stop_process(proc: subprocess.Popen | Supervised | None, timeout: float = 30.0) -> int | None:
     """SIGTERM (Faust commits and closes RocksDB), SIGKILL if it does not exit in time."""
     if proc is None:
         return None
+    if isinstance(proc, Supervised):
+        return proc.stop(timeout)
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -73,6 +77,65 @@ def kill_process(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+class Supervised:
+    """A child process started again when it exits on its own with a non-zero code, at
+    most ``max_restarts`` times: what ``restart: on-failure`` (deploy/docker-compose.yml)
+    and Kubernetes do for workers.
+
+    A worker stops itself when its Kafka group coordination fails
+    (``intake.crash_when_failed``) and counts on being restarted; with a static instance
+    id the new process takes the old one's place in the group at once. noida-db, the
+    embedded broker, now and then answers a group join only after the rebalance timeout
+    (60 s) and then sends an assignment aiokafka cannot decode. Without a restart the
+    group waited for the stopped member forever."""
+
+    def __init__(self, start: Callable[[], subprocess.Popen], max_restarts: int = 3) -> None:
+        self._start = start
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self._ending = False  # stop() or kill() asked for it: not restarted
+        self.proc = start()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while True:
+            proc = self.proc
+            rc = proc.wait()
+            with self._lock:
+                if self._ending or rc == 0 or self.restarts >= self.max_restarts:
+                    return
+                self.restarts += 1
+                print(
+                    f"process {proc.pid} exited with {rc}; starting it again "
+                    f"({self.restarts}/{self.max_restarts})",
+                    file=sys.stderr,
+                )
+                self.proc = self._start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        """None while the child (the latest start of it) runs, else its exit code."""
+        with self._lock:
+            return self.proc.poll()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """:func:`stop_process`, and no restart after it."""
+        with self._lock:
+            self._ending = True
+        return stop_process(self.proc, timeout)
+
+    def kill(self) -> None:
+        """:func:`kill_process` (a crash), and no restart after it."""
+        with self._lock:
+            self._ending = True
+        kill_process(self.proc)
 
 
 def free_port() -> int:
