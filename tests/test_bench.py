@@ -70,6 +70,22 @@ def test_bench_smoke(broker: str, tmp_path: Path) -> None:
     assert any(line.startswith("  worker stages, ms per event: decode") for line in lines)
 
 
+def test_bench_with_two_workers_in_one_group(broker: str, tmp_path: Path) -> None:
+    """The several-workers figure (the issue asks for it on a shared GPU): two supervised
+    worker processes share the group and answer every event; restarts are counted."""
+    cfg = small_bench(broker, tmp_path, systems=("worker",), workers=2, loads=(0.5,))
+    lines: list[str] = []
+    run_bench(cfg, progress=lines.append)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    worker = saved["systems"]["worker"]
+    assert saved["config"]["workers"] == 2 and worker["max_rate"] > 0
+    assert [x["fraction"] for x in worker["loads"]] == [0.5]
+    assert isinstance(worker["restarts"], int)
+    assert any(line.startswith("worker x2: max") for line in lines), lines
+    logs = [tmp_path / "worker.log", tmp_path / "worker1.log"]
+    assert all("Worker ready" in log.read_text() for log in logs)
+
+
 def test_bench_runs_several_times_on_one_broker_and_saves_the_medians(
     broker: str, tmp_path: Path
 ) -> None:
