@@ -168,6 +168,30 @@ def explain_missing(topo: Topology, bootstrap: str, missing: set[str], group: st
     return "\n".join(lines)
 
 
+def group_report(tmp: Path, group: str, bootstrap: str, workers: dict, lines: int = 20) -> str:
+    """What a stalled group looked like: its state and members, each worker process
+    (running or its exit code, restarts) and the end of each worker log under ``tmp``.
+    In the assertion message, so a failed CI run keeps it (pytest removes old tmp dirs)."""
+    from streamrec.broker import admin
+
+    try:
+        client = admin(bootstrap)  # kept alive until the answer is in
+        desc = client.describe_consumer_groups([group])[group].result(15)
+        members = [(m.group_instance_id, m.member_id) for m in desc.members]
+        out = [f"group {group}: {desc.state}, members {members}"]
+    except Exception as exc:  # diagnostics must not hide the failure they explain
+        out = [f"group {group}: {exc!r}"]
+    for name, proc in workers.items():
+        if proc is not None:
+            rc = proc.poll()
+            state = "running" if rc is None else f"exited {rc}"
+            out.append(f"worker {name}: {state}, {getattr(proc, 'restarts', 0)} restarts")
+    for log in sorted(tmp.glob("worker*.log")):
+        logged = [line for line in log.read_text(errors="replace").splitlines() if line[:1] == "["]
+        out += [f"--- {log.name}, last {lines} lines:", *logged[-lines:]]
+    return "\n".join(out)
+
+
 def count_made_candidates(monkeypatch, module: str) -> list[str]:
     """Make ``module``'s Recommendation record each candidate it makes (their item ids,
     in order): how the tests see that rankers and the join make only what they read."""

@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from .helpers import (
     dead_letter_payloads,
     explain_missing,
     fresh_topology,
+    group_report,
     split_log,
     start_test_worker,
     wait_for,
@@ -332,7 +334,9 @@ def supervised_worker(
     )
 
 
-def _wait_until_serving(group: str, broker: str, ports: dict[str, int], timeout: float) -> None:
+def _wait_until_serving(
+    group: str, broker: str, ports: dict[str, int], timeout: float, report: Callable[[], str]
+) -> None:
     """Every worker is in the group and answers /ready (assigned, recovered, not
     rebalancing), so traffic starts after the group has settled."""
     from streamrec.broker import group_members
@@ -351,7 +355,7 @@ def _wait_until_serving(group: str, broker: str, ports: dict[str, int], timeout:
             return False
         return len(members) == len(ports) and all(ready(port) for port in ports.values())
 
-    assert wait_for(settled, timeout), f"workers never settled in group {group}"
+    assert wait_for(settled, timeout), f"workers never settled in group {group}\n{report()}"
 
 
 def _scrape_events(port: int) -> float:
@@ -399,10 +403,16 @@ def test_two_workers_split_partitions_and_a_replacement_takes_over(
     a = worker("a", "worker-a")
     b = worker("b", "worker-b")
     b2 = None
+
+    def report() -> str:
+        return group_report(tmp_path, topo.app_id, broker, {"a": a, "b": b, "b2": b2})
+
     try:
-        _wait_until_serving(topo.app_id, broker, {"a": ports["a"], "b": ports["b"]}, SETTLE_S)
+        _wait_until_serving(
+            topo.app_id, broker, {"a": ports["a"], "b": ports["b"]}, SETTLE_S, report
+        )
         sender, sent = _replay_in_background(topo, broker, rate=400)
-        assert recs.wait_count(900, 90), f"workers never got going; see {tmp_path}"
+        assert recs.wait_count(900, 90), f"workers never got going; see {tmp_path}\n{report()}"
         split = {name: _scrape_events(ports[name]) for name in ("a", "b")}
         b.kill()
         killed = time.monotonic()
@@ -413,7 +423,7 @@ def test_two_workers_split_partitions_and_a_replacement_takes_over(
         recovered_after = time.monotonic() - killed
         dead.wait_count(len(contents.invalid), 30)
         recs.wait_quiet(2.0, 10)
-        assert answered, f"{len(recs.docs)} answered; see {tmp_path}"
+        assert answered, f"{len(recs.docs)} answered; see {tmp_path}\n{report()}"
         replacement = _scrape_events(ports["b2"])
         restarts = a.restarts + b.restarts + b2.restarts
         assert a.stop() == 0 and b2.stop() == 0
@@ -458,10 +468,14 @@ def test_survivor_takes_over_a_killed_workers_partitions(
         name: supervised_worker(broker, small_model, topo_file, tmp_path, name, f"w-{name}", port)
         for name, port in ports.items()
     }
+
+    def report() -> str:
+        return group_report(tmp_path, topo.app_id, broker, workers)
+
     try:
-        _wait_until_serving(topo.app_id, broker, ports, SETTLE_S)
+        _wait_until_serving(topo.app_id, broker, ports, SETTLE_S, report)
         sender, sent = _replay_in_background(topo, broker, rate=400)
-        assert recs.wait_count(900, 90), f"workers never got going; see {tmp_path}"
+        assert recs.wait_count(900, 90), f"workers never got going; see {tmp_path}\n{report()}"
         before = {name: _scrape_events(port) for name, port in ports.items()}
         workers["b"].kill()
         killed = time.monotonic()
@@ -471,7 +485,7 @@ def test_survivor_takes_over_a_killed_workers_partitions(
         answered = recs.wait_count(len(contents.valid_ids), ANSWER_TIMEOUT)
         recovered_after = time.monotonic() - killed
         recs.wait_quiet(2.0, 10)
-        assert answered, f"{len(recs.docs)} answered; see {tmp_path}"
+        assert answered, f"{len(recs.docs)} answered; see {tmp_path}\n{report()}"
         after_a = _scrape_events(ports["a"])
         assert set(group_members(topo.app_id, broker)) == {"w-a"}
         restarts = sum(w.restarts for w in workers.values())
@@ -512,10 +526,14 @@ def test_scale_out_under_traffic_loses_nothing(
         )
 
     workers = {"a": worker("a")}
+
+    def report() -> str:
+        return group_report(tmp_path, topo.app_id, broker, workers)
+
     try:
-        _wait_until_serving(topo.app_id, broker, {"a": ports["a"]}, SETTLE_S)
+        _wait_until_serving(topo.app_id, broker, {"a": ports["a"]}, SETTLE_S, report)
         sender, sent = _replay_in_background(topo, broker, rate=400)
-        assert recs.wait_count(300, 60), f"worker never got going; see {tmp_path}"
+        assert recs.wait_count(300, 60), f"worker never got going; see {tmp_path}\n{report()}"
         workers["b"] = worker("b")
         sender.join()
         assert sent["summary"].failed == 0
@@ -530,7 +548,7 @@ def test_scale_out_under_traffic_loses_nothing(
             f"{sum(w.restarts for w in workers.values())} restarts"
         )
         missing = set(contents.valid_ids) - set(counts)
-        assert not missing, f"see {tmp_path}\n" + explain_missing(
+        assert not missing, f"see {tmp_path}\n{report()}\n" + explain_missing(
             topo, broker, missing, topo.app_id
         )
         assert answered
