@@ -103,3 +103,10 @@ def test_state_scale_runs(tmp_path: Path) -> None:
 def test_paced_load_runs_a_worker_at_a_fixed_rate(small_model: Path) -> None:
     out = bench("paced_load.py", "--model", small_model, "--rate", "200", "--seconds", "1")
     assert "offered 200 events/s" in out and "answered 200 of 200" in out
+
+
+@pytest.mark.broker
+def test_group_join_times_groups_of_workers(small_model: Path) -> None:
+    out = bench("group_join.py", "--model", small_model, "--delays", "0.2", "--trials", "1")
+    assert "trial 0, 0.2 s apart: settled in" in out
+    assert "1 groups of 2 workers: 1 settled (median" in out
