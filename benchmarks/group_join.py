@@ -21,24 +21,15 @@ import argparse
 import statistics
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-from streamrec.broker import EmbeddedBroker, create_topology_topics, group_members
-from streamrec.procs import Supervised, free_port, start_worker
+from streamrec.broker import EmbeddedBroker, create_topology_topics
+from streamrec.procs import Supervised, free_port, serving, start_worker
 from streamrec.topology import load_topology
 
 #: A group that took longer than this to settle waited for a rebalance timeout.
 SLOW_S = 30.0
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as page:
-            return page.status == 200
-    except OSError:
-        return False
 
 
 def settle(
@@ -72,11 +63,7 @@ def settle(
                 )
             )
         while time.monotonic() - started < timeout:
-            try:
-                members = group_members(topo.app_id, bootstrap)
-            except Exception:  # the group does not exist yet
-                members = {}
-            if len(members) == workers and all(_ready(port) for port in ports):
+            if serving(topo.app_id, bootstrap, ports):
                 return time.monotonic() - started, sum(p.restarts for p in procs)
             time.sleep(0.25)
         return None, sum(p.restarts for p in procs)

@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -136,6 +137,27 @@ class Supervised:
         with self._lock:
             self._ending = True
         kill_process(self.proc)
+
+
+def serving(group: str, bootstrap: str, ports: Iterable[int]) -> bool:
+    """Whether the workers with these metrics ports are all members of ``group`` and all
+    answer ``/ready`` (assigned, recovered, not rebalancing): the group has settled."""
+    from .broker import group_members
+
+    ports = list(ports)
+    try:
+        members = group_members(group, bootstrap)
+    except Exception:  # the group does not exist yet, or the broker is busy
+        return False
+    return len(members) == len(ports) and all(_ready(port) for port in ports)
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as page:
+            return page.status == 200
+    except OSError:
+        return False
 
 
 def free_port() -> int:

@@ -19,7 +19,14 @@ from confluent_kafka import Producer
 from streamrec.broker import BROKER_NAME
 from streamrec.config import producer_config
 from streamrec.events import validator
-from streamrec.procs import Supervised, free_port, kill_process, start_worker, stop_process
+from streamrec.procs import (
+    Supervised,
+    free_port,
+    kill_process,
+    serving,
+    start_worker,
+    stop_process,
+)
 from streamrec.replay import replay
 from streamrec.state import SessionState, read_table_files
 from streamrec.topology import Topology
@@ -339,23 +346,8 @@ def _wait_until_serving(
 ) -> None:
     """Every worker is in the group and answers /ready (assigned, recovered, not
     rebalancing), so traffic starts after the group has settled."""
-    from streamrec.broker import group_members
-
-    def ready(port: int) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as page:
-                return page.status == 200
-        except OSError:
-            return False
-
-    def settled() -> bool:
-        try:
-            members = group_members(group, broker)
-        except Exception:
-            return False
-        return len(members) == len(ports) and all(ready(port) for port in ports.values())
-
-    assert wait_for(settled, timeout), f"workers never settled in group {group}\n{report()}"
+    settled = wait_for(lambda: serving(group, broker, ports.values()), timeout)
+    assert settled, f"workers never settled in group {group}\n{report()}"
 
 
 def _scrape_events(port: int) -> float:
@@ -386,18 +378,8 @@ def test_two_workers_split_partitions_and_a_replacement_takes_over(
     ports = {name: free_port() for name in ("a", "b", "b2")}
 
     def worker(name: str, identity: str) -> Supervised:
-        return Supervised(
-            lambda: start_worker(
-                model=small_model,
-                data_dir=tmp_path / f"state-{name}",
-                bootstrap=broker,
-                topology=topo_file,
-                log=tmp_path / f"worker-{name}.log",
-                env={
-                    "STREAMREC_INSTANCE_ID": identity,
-                    "STREAMREC_METRICS_PORT": str(ports[name]),
-                },
-            )
+        return supervised_worker(
+            broker, small_model, topo_file, tmp_path, name, identity, ports[name]
         )
 
     a = worker("a", "worker-a")
