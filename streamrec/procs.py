@@ -73,8 +73,10 @@ def stop_process(proc: subprocess.Popen | Supervised | None, timeout: float = 30
     return proc.returncode
 
 
-def kill_process(proc: subprocess.Popen) -> None:
+def kill_process(proc: subprocess.Popen | Supervised) -> None:
     """SIGKILL: a crash, no chance to commit or flush."""
+    if isinstance(proc, Supervised):
+        return proc.kill()  # and not started again, as stop_process does
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from streamrec.procs import Supervised
+from streamrec.procs import Supervised, kill_process, stop_process
 
 from .helpers import wait_for
 
@@ -39,12 +39,13 @@ def test_a_child_that_exits_cleanly_is_not_started_again(tmp_path: Path) -> None
 
 
 def test_stop_and_kill_are_final(tmp_path: Path) -> None:
-    for end in ("stop", "kill"):
-        starts = tmp_path / f"starts-{end}"
+    # Through stop_process and kill_process, which hand a Supervised to its own methods.
+    for end in (stop_process, kill_process):
+        starts = tmp_path / f"starts-{end.__name__}"
         child = Supervised(lambda s=starts: _child("import time; time.sleep(60)", s))
         assert wait_for(lambda s=starts: _starts(s) == 1, 30)
         first = child.pid
-        getattr(child, end)()
+        end(child)
         time.sleep(0.5)
         assert child.pid == first and child.poll() is not None and child.restarts == 0
         assert _starts(starts) == 1
